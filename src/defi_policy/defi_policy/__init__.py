@@ -1,0 +1,1 @@
+"""defi_policy."""
