@@ -37,6 +37,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   if [[ -n "$SYSTEM_ROS" ]]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
 fi
 mkdir -p "$STAMPS"
+# One setup at a time (parallel `make test` runs share the venv and the build).
+exec 9>"$STAMPS/lock"
+flock 9
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 # --- 3. build tools for the interface package (cmake comes from pip) -----------------------------

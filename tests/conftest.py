@@ -17,7 +17,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 @pytest.fixture
 def ros_context():
     """A fresh rclpy context per test, shut down afterwards."""
-    rclpy = pytest.importorskip('rclpy')
+    import rclpy
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     yield ctx
