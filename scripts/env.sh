@@ -6,7 +6,7 @@ if [[ -n "${ROS_DISTRO:-}" && -f "/opt/ros/${ROS_DISTRO}/setup.bash" ]]; then
   source "/opt/ros/${ROS_DISTRO}/setup.bash"
 fi
 # shellcheck disable=SC1091
-source "$_DEFI_ROOT/.venv/bin/activate"
+source "${DEFI_VENV:-$_DEFI_ROOT/.venv}/bin/activate"
 if [[ -f "$_DEFI_ROOT/install/setup.bash" ]]; then
   # shellcheck disable=SC1091
   source "$_DEFI_ROOT/install/setup.bash"

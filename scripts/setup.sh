@@ -5,8 +5,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV="$ROOT/.venv"
+# DEFI_VENV reuses another checkout's environment (the clean-clone test does this).
+VENV="${DEFI_VENV:-$ROOT/.venv}"
 STAMPS="$VENV/.defi-stamps"
+BUILD_STAMP="$ROOT/build/.defi-build-stamp"
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
@@ -87,7 +89,7 @@ if [[ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$DEPS_KEY" ]]; then
     fi
   fi
   echo "$DEPS_KEY" > "$STAMPS/deps"
-  rm -f "$STAMPS/build"
+  rm -f "$BUILD_STAMP"
 fi
 
 # --- 5. colcon build (symlink install: python edits need no rebuild) -----------------------------
@@ -95,7 +97,7 @@ fi
 BUILD_KEY="$(find src -type f \( -name package.xml -o -name setup.py -o -name setup.cfg \
   -o -name CMakeLists.txt -o -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print0 | sort -z \
   | xargs -0 cat | sha256sum | cut -c1-16)-$(find src -maxdepth 2 -mindepth 1 -type d | sort | sha256sum | cut -c1-8)"
-if [[ "$(cat "$STAMPS/build" 2>/dev/null)" != "$BUILD_KEY" || ! -f install/setup.bash ]]; then
+if [[ "$(cat "$BUILD_STAMP" 2>/dev/null)" != "$BUILD_KEY" || ! -f install/setup.bash ]]; then
   log "colcon build --symlink-install"
   mkdir -p build
   (
@@ -109,6 +111,6 @@ if [[ "$(cat "$STAMPS/build" 2>/dev/null)" != "$BUILD_KEY" || ! -f install/setup
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF \
       > build/colcon-build.log 2>&1 || { tail -n 60 build/colcon-build.log >&2; exit 1; }
   ) || die "colcon build failed (full log: build/colcon-build.log)"
-  echo "$BUILD_KEY" > "$STAMPS/build"
+  echo "$BUILD_KEY" > "$BUILD_STAMP"
 fi
 log "ready: source scripts/env.sh"
