@@ -1,0 +1,19 @@
+"""ROS-free runtime logic shared by the DeFI ROS 2 nodes (timing, safety, output mapping, workers).
+
+Nothing here imports rclpy: the nodes stay thin wrappers around these plain classes, which are
+tested without ROS.
+"""
+from .chunk_schedule import Chunk, ChunkSchedule, Step, parse_limits
+from .outputs import (TwistAxes, hold_trajectory_point, joint_positions, resolve_twist_axes,
+                      twist_components, zero_action)
+from .safety import SafetyLatch, StopReason, all_finite, observation_age_s
+from .status import StatusCounters
+from .worker import LatestWorker
+
+__all__ = [
+    'Chunk', 'ChunkSchedule', 'Step', 'parse_limits',
+    'TwistAxes', 'hold_trajectory_point', 'joint_positions', 'resolve_twist_axes',
+    'twist_components', 'zero_action',
+    'SafetyLatch', 'StopReason', 'all_finite', 'observation_age_s',
+    'StatusCounters', 'LatestWorker',
+]

@@ -1,0 +1,66 @@
+"""Stop conditions of the chunk executor.
+
+The executor commands a stop (zero twist, hold position, or a zero passthrough action) when the
+observation behind the running chunk is older than max_age_s, when an output is not finite, when
+the goal is cancelled / the executor is disabled, and on shutdown. A stop is commanded once per
+transition into the stopped state; a fresh, finite chunk from a newer observation resumes.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+import numpy as np
+
+__all__ = ['StopReason', 'all_finite', 'observation_age_s', 'SafetyLatch']
+
+
+class StopReason(str, Enum):
+    STALE_OBSERVATION = 'stale_observation'
+    NON_FINITE = 'non_finite_output'
+    CANCELED = 'canceled'
+    DISABLED = 'disabled'
+    SHUTDOWN = 'shutdown'
+    CHUNK_EXHAUSTED = 'chunk_exhausted'
+    MALFORMED = 'malformed_chunk'
+
+
+def all_finite(values) -> bool:
+    arr = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.isfinite(arr)))
+
+
+def observation_age_s(now_ns: int, stamp_ns: int) -> float:
+    return (int(now_ns) - int(stamp_ns)) * 1e-9
+
+
+class SafetyLatch:
+    """Running / stopped state with the reason of the last stop.
+
+    stop() returns True exactly when the caller must publish a stop command now (a transition into
+    the stopped state, or a stop of a different kind that must be reported).
+    """
+
+    def __init__(self, max_age_s: float):
+        if not max_age_s > 0:
+            raise ValueError(f'max_age_s: must be > 0, got {max_age_s}')
+        self.max_age_s = float(max_age_s)
+        self.running = False
+        self.reason: Optional[StopReason] = None
+        self.stops_commanded = 0
+
+    def is_stale(self, now_ns: int, observation_stamp_ns: int) -> bool:
+        return observation_age_s(now_ns, observation_stamp_ns) > self.max_age_s
+
+    def stop(self, reason: StopReason, force: bool = False) -> bool:
+        """Enter the stopped state. Returns True when a stop command must be published."""
+        newly = self.running or force or self.reason is None
+        self.running = False
+        self.reason = reason
+        if newly:
+            self.stops_commanded += 1
+        return newly
+
+    def run(self) -> None:
+        self.running = True
+        self.reason = None

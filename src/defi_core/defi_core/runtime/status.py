@@ -1,0 +1,53 @@
+"""Thread-safe counters of one node, mirrored 1:1 into defi_msgs/PolicyStatus."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+
+__all__ = ['StatusCounters']
+
+# PolicyStatus error counters an error kind may increment
+ERROR_KINDS = ('malformed_inputs', 'non_finite_outputs', 'stale_observations')
+
+
+@dataclass
+class StatusCounters:
+    features_ms: float = 0.0
+    latent_ms: float = 0.0
+    decode_ms: float = 0.0
+    chunk_ms: float = 0.0
+    queue_depth: int = 0
+    dropped_frames: int = 0
+    stale_steps_dropped: int = 0
+    stops_commanded: int = 0
+    malformed_inputs: int = 0
+    non_finite_outputs: int = 0
+    stale_observations: int = 0
+    errors_total: int = 0
+    last_error: str = ''
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def error(self, kind: str, message: str) -> None:
+        """Count one error of `kind` (a PolicyStatus counter name, or 'other') and remember it."""
+        with self._lock:
+            if kind in ERROR_KINDS:
+                setattr(self, kind, getattr(self, kind) + 1)
+            elif kind != 'other':
+                raise ValueError(f'unknown error kind {kind!r}')
+            self.errors_total += 1
+            self.last_error = message[:500]
+
+    def set(self, **values) -> None:
+        with self._lock:
+            for k, v in values.items():
+                if not hasattr(self, k) or k.startswith('_'):
+                    raise AttributeError(k)
+                setattr(self, k, v)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith('_')}
