@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in quick mode, then the one-page report benchmarks/results/README.md.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+set +u
+# shellcheck disable=SC1091
+source scripts/env.sh
+set -u
+failed=()
+for script in benchmarks/inference.py benchmarks/data.py benchmarks/ros_latency.py benchmarks/sim.py; do
+  [[ -f "$script" ]] || { echo "[bench] missing $script"; failed+=("$script"); continue; }
+  echo "[bench] python $script --quick"
+  python "$script" --quick || failed+=("$script")
+done
+python benchmarks/report.py
+if ((${#failed[@]})); then
+  echo "[bench] FAILED: ${failed[*]}" >&2
+  exit 1
+fi
