@@ -143,3 +143,19 @@ def test_latest_worker_keeps_only_the_newest_pending_item():
         w2.close()
     finally:
         w.close()
+
+
+def test_camera_sync_takes_latest_frame_at_or_before_reference_within_tolerance():
+    from defi_core.runtime.camera_sync import CameraSync
+    sync = CameraSync(['front', 'wrist'], tolerance_s=0.1)
+    sync.push('front', 1000 * MS, 'F1000')
+    assert sync.observation() is None and sync.last_missing == 'wrist'
+    sync.push('wrist', 980 * MS, 'W980')
+    sync.push('wrist', 1010 * MS, 'W1010')          # from the future of the reference: not used
+    t, frames = sync.observation()
+    assert t == 1000 * MS and frames == ['F1000', 'W980']
+    sync.push('front', 1100 * MS, 'F1100')
+    t, frames = sync.observation()
+    assert frames == ['F1100', 'W1010']
+    sync.push('front', 1200 * MS, 'F1200')           # wrist's newest is 190 ms old: too old
+    assert sync.observation() is None and sync.misses == 2

@@ -7,6 +7,7 @@ from .chunk_schedule import Chunk, ChunkSchedule, Step, parse_limits
 from .outputs import (TwistAxes, hold_trajectory_point, joint_positions, resolve_twist_axes,
                       twist_components, zero_action)
 from .safety import SafetyLatch, StopReason, all_finite, observation_age_s
+from .camera_sync import CameraSync
 from .status import StatusCounters
 from .worker import LatestWorker
 
@@ -15,5 +16,5 @@ __all__ = [
     'TwistAxes', 'hold_trajectory_point', 'joint_positions', 'resolve_twist_axes',
     'twist_components', 'zero_action',
     'SafetyLatch', 'StopReason', 'all_finite', 'observation_age_s',
-    'StatusCounters', 'LatestWorker',
+    'StatusCounters', 'LatestWorker', 'CameraSync',
 ]

@@ -1,0 +1,215 @@
+"""What every DeFI node shares: typed parameters, the model, PolicyStatus + diagnostics, errors.
+
+Each DeFI node is an rclpy lifecycle node (rclpy.lifecycle exists from Humble on):
+configure = load the checkpoint (or take the policy object shared by defi_bringup) and warm up,
+activate = start processing. Status and diagnostics publishers are plain (not lifecycle-managed),
+so a node whose configure failed (e.g. a checkpoint that does not exist) still reports why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from defi_core.runtime.status import StatusCounters
+from defi_msgs.msg import PolicyStatus
+
+from . import qos
+from .params import declare_params
+
+__all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node']
+
+
+@dataclass
+class CommonParams:
+    checkpoint: str = ''             # checkpoint directory (config.json + model.safetensors)
+    device: str = 'cpu'
+    torch_threads: int = 2           # 0 = leave torch's default
+    status_topic: str = 'defi/status'
+    status_rate_hz: float = 2.0
+    autostart: bool = True           # configure + activate on start when run as an executable
+
+
+def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 0):
+    """Load a DefiPolicy from a checkpoint directory; errors name the 'checkpoint' parameter."""
+    if not path:
+        raise ValueError("parameter 'checkpoint' is empty: set it to a checkpoint directory")
+    ckpt = Path(path).expanduser()
+    if not ckpt.exists():
+        raise FileNotFoundError(f"parameter 'checkpoint': {ckpt} does not exist")
+    import torch
+    if torch_threads > 0:
+        torch.set_num_threads(int(torch_threads))
+    from defi_core.checkpoint import load_policy
+    policy = load_policy(str(ckpt), device=device)
+    policy.eval()
+    return policy
+
+
+class DefiNode(LifecycleNode):
+    """Base of the DeFI lifecycle nodes. Subclasses implement setup() and warm_up()."""
+    params_cls: Any = CommonParams
+    needs_policy = True
+
+    def __init__(self, node_name: str, *, policy=None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.params = declare_params(self, self.params_cls)
+        self.counters = StatusCounters()
+        self.policy = None
+        self.active = False
+        self._shared_policy = policy
+        self._configured = False
+        self._state = PolicyStatus.STATE_UNCONFIGURED
+        self._log_times: dict = {}
+        self.callbacks = ReentrantCallbackGroup()       # message callbacks: short, never inference
+        self.timer_group = MutuallyExclusiveCallbackGroup()
+        self._status_pub = self.create_publisher(PolicyStatus, self.params.status_topic,
+                                                 qos.BEST_EFFORT)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        period = 1.0 / max(self.params.status_rate_hz, 0.01)
+        self._status_timer = self.create_timer(period, self.publish_status,
+                                               callback_group=MutuallyExclusiveCallbackGroup())
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create publishers/subscriptions/workers (called once, on the first configure)."""
+
+    def warm_up(self) -> None:
+        """Run the model stage once so the first real message is not slow."""
+
+    def teardown(self) -> None:
+        """Stop workers; called on shutdown and destroy."""
+
+    def fill_status(self, msg: PolicyStatus) -> None:
+        """Add node-specific fields to the status message."""
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.needs_policy:
+            try:
+                self.policy = self._shared_policy or load_checkpoint_policy(
+                    self.params.checkpoint, self.params.device, self.params.torch_threads)
+            except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not kill the node
+                self.report_error('other', f'configure failed: {exc}')
+                self._state = PolicyStatus.STATE_ERROR
+                return TransitionCallbackReturn.FAILURE
+        try:
+            if not self._configured:
+                self.setup()
+                self._configured = True
+            self.warm_up()
+        except Exception as exc:  # noqa: BLE001
+            self.report_error('other', f'configure failed: {type(exc).__name__}: {exc}')
+            self._state = PolicyStatus.STATE_ERROR
+            return TransitionCallbackReturn.FAILURE
+        self._state = PolicyStatus.STATE_IDLE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = True
+        self._state = PolicyStatus.STATE_RUNNING
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._state = PolicyStatus.STATE_IDLE
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._state = PolicyStatus.STATE_UNCONFIGURED
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self.teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def start(self) -> bool:
+        """configure + activate; False (and the reason in the status) if configure failed."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self):
+        self.active = False
+        try:
+            self.teardown()
+        finally:
+            super().destroy_node()
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def report_error(self, kind: str, message: str, throttle_s: float = 2.0) -> None:
+        """Count an error (PolicyStatus counter `kind`) and log it, throttled per message kind."""
+        self.counters.error(kind, message)
+        key = (kind, message[:40])
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= throttle_s:
+            self._log_times[key] = now
+            self.get_logger().error(message)
+
+    def set_state(self, state: int) -> None:
+        self._state = state
+
+    def status_message(self) -> PolicyStatus:
+        msg = PolicyStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.node_name = self.get_name()
+        msg.state = self._state
+        for name, value in self.counters.snapshot().items():
+            setattr(msg, name, value)
+        self.fill_status(msg)
+        return msg
+
+    def publish_status(self) -> None:
+        msg = self.status_message()
+        self._status_pub.publish(msg)
+        level = DiagnosticStatus.OK
+        if msg.state == PolicyStatus.STATE_ERROR:
+            level = DiagnosticStatus.ERROR
+        elif msg.errors_total or msg.state == PolicyStatus.STATE_STOPPED:
+            level = DiagnosticStatus.WARN
+        diag = DiagnosticStatus(level=level, name=f'defi: {msg.node_name}',
+                                hardware_id='defi', message=msg.last_error or 'ok')
+        diag.values = [KeyValue(key=k, value=str(getattr(msg, k))) for k in (
+            'state', 'features_ms', 'latent_ms', 'decode_ms', 'chunk_ms', 'queue_depth',
+            'dropped_frames', 'stale_steps_dropped', 'stops_commanded', 'malformed_inputs',
+            'non_finite_outputs', 'stale_observations', 'errors_total')]
+        arr = DiagnosticArray()
+        arr.header.stamp = msg.header.stamp
+        arr.status = [diag]
+        self._diag_pub.publish(arr)
+
+
+def run_node(node_cls, args=None, num_threads: int = 4) -> None:
+    """main() of a single-node executable: start (if autostart) and spin a MultiThreadedExecutor."""
+    rclpy.init(args=args)
+    node = node_cls()
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor.add_node(node)
+    try:
+        if node.params.autostart and not node.start():
+            node.get_logger().error('not started: see defi/status last_error; '
+                                    'fix the parameters and configure again via lifecycle services')
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def params_dict(params) -> dict:
+    return dataclasses.asdict(params)
