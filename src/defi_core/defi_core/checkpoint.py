@@ -1,0 +1,207 @@
+"""Checkpoints: a directory with config.json (schema version), model.safetensors, stats.safetensors.
+
+No pickle: tensors go through safetensors, everything else through JSON. Writes are atomic (a
+temporary sibling directory renamed into place). Loading is strict and names what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import SCHEMA_VERSION, DefiConfig
+from .normalization import Normalizer
+
+CONFIG_FILE = 'config.json'
+MODEL_FILE = 'model.safetensors'
+STATS_FILE = 'stats.safetensors'
+STATS_JSON = 'stats.json'
+KINDS = ('policy', 'gfdm', 'gidm')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file, key, shape or schema."""
+
+
+def _kind_of(module) -> str:
+    from .models.gfdm import GFDM
+    from .models.gidm import GIDM
+    from .policy import DefiPolicy
+    if isinstance(module, DefiPolicy):
+        return 'policy'
+    if isinstance(module, GFDM):
+        return 'gfdm'
+    if isinstance(module, GIDM):
+        return 'gidm'
+    raise TypeError(f'save_checkpoint: cannot save a {type(module).__name__} (need DefiPolicy, GFDM or GIDM)')
+
+
+def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, component: str | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write a policy, or a GFDM / GIDM stage checkpoint (component='gfdm'|'gidm' on a policy, or pass
+    policy.gfdm / policy.gidm). stats: a Normalizer or a stats dict; a policy needs stats (its own
+    normalizer is used when stats is None). extra: JSON-able info (step, metrics, ...)."""
+    kind = _kind_of(module)
+    if component is not None:
+        if component not in ('gfdm', 'gidm') or kind != 'policy':
+            raise ValueError(f"component={component!r}: use 'gfdm' or 'gidm' with a DefiPolicy")
+        module = getattr(module, component)
+        if module is None:
+            raise ValueError(f'save_checkpoint: this policy has no {component} (idm_type/backbone switches)')
+        kind = component
+    cfg = cfg or module.cfg
+    norm = None
+    if stats is not None:
+        norm = stats if isinstance(stats, Normalizer) else Normalizer(stats)
+    elif kind == 'policy':
+        norm = module.normalizer
+    if kind == 'policy' and norm is None:
+        raise ValueError('save_checkpoint: a policy checkpoint needs normalization stats '
+                         '(pass stats= or call policy.set_normalization first)')
+    dirpath = Path(dirpath)
+    dirpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dirpath.name}.tmp', dir=dirpath.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={'schema_version': str(SCHEMA_VERSION), 'kind': kind})
+        meta = {'schema_version': SCHEMA_VERSION, 'kind': kind, 'config': cfg.to_dict(),
+                'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'extra': extra or {}}
+        if norm is not None:
+            save_file(norm.to_tensors(), str(tmp / STATS_FILE))
+            (tmp / STATS_JSON).write_text(json.dumps(norm.to_json(), indent=1))
+            meta['normalization_modes'] = norm.modes
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        old = None
+        if dirpath.exists():
+            old = dirpath.with_name(f'.{dirpath.name}.old{os.getpid()}')
+            os.replace(dirpath, old)
+        os.replace(tmp, dirpath)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dirpath
+
+
+def read_meta(dirpath) -> dict:
+    """config.json of a checkpoint, with its schema version and kind checked."""
+    dirpath = Path(dirpath)
+    path = dirpath / CONFIG_FILE
+    if not dirpath.is_dir():
+        raise CheckpointError(f'{dirpath}: not a checkpoint directory')
+    if not path.exists():
+        raise CheckpointError(f'{path}: missing (not a DeFI checkpoint?)')
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f'{path}: invalid JSON ({err})') from None
+    version = meta.get('schema_version')
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(f'{path}: unknown schema_version {version!r} (this code reads {SCHEMA_VERSION})')
+    if meta.get('kind') not in KINDS:
+        raise CheckpointError(f'{path}: unknown kind {meta.get("kind")!r} (expected one of {KINDS})')
+    if not isinstance(meta.get('config'), dict):
+        raise CheckpointError(f'{path}: missing "config" mapping')
+    return meta
+
+
+def load_config_from(dirpath) -> DefiConfig:
+    meta = read_meta(dirpath)
+    try:
+        return DefiConfig.from_dict(meta['config'], source=str(Path(dirpath) / CONFIG_FILE))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _read_tensors(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f'{path}: missing')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f'{path}: cannot read safetensors ({err})') from None
+
+
+def _strict_load(module: torch.nn.Module, tensors: dict, source: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f'{source}: missing key(s) {missing[:10]}{" ..." if len(missing) > 10 else ""}')
+    if unexpected:
+        raise CheckpointError(f'{source}: unexpected key(s) {unexpected[:10]}{" ..." if len(unexpected) > 10 else ""}')
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(f'{source}: key {k!r} has shape {tuple(tensors[k].shape)}, '
+                                  f'the model expects {tuple(v.shape)}')
+        if tensors[k].dtype != v.dtype:
+            raise CheckpointError(f'{source}: key {k!r} has dtype {tensors[k].dtype}, the model expects {v.dtype}')
+    module.load_state_dict(tensors, strict=True)
+
+
+def load_stats(dirpath) -> Normalizer:
+    dirpath = Path(dirpath)
+    path = dirpath / STATS_FILE
+    if not path.exists():
+        raise CheckpointError(f'{path}: missing - this checkpoint has no normalization statistics')
+    modes = read_meta(dirpath).get('normalization_modes')
+    return Normalizer.from_tensors(_read_tensors(path), modes, source=str(path))
+
+
+def load_policy(dirpath, device='cpu', text_encoder=None, **cfg_overrides):
+    """A DefiPolicy from a policy checkpoint, in eval mode, with its normalization stats.
+
+    cfg_overrides may change only fields that do not affect weights (e.g. sampling_steps)."""
+    from .policy import DefiPolicy
+    dirpath = Path(dirpath)
+    meta = read_meta(dirpath)
+    if meta['kind'] != 'policy':
+        raise CheckpointError(f'{dirpath / CONFIG_FILE}: kind is {meta["kind"]!r}, load_policy needs a policy '
+                              f'checkpoint (use load_state_into(policy, path, component={meta["kind"]!r}))')
+    cfg = load_config_from(dirpath)
+    if cfg_overrides:
+        cfg = cfg.replace(**cfg_overrides)
+    policy = DefiPolicy(cfg, text_encoder=text_encoder)
+    _strict_load(policy, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
+    policy.set_normalization(load_stats(dirpath))
+    return policy.to(device).eval()
+
+
+def load_component(dirpath, device='cpu', text_encoder=None):
+    """A standalone GFDM or GIDM from a stage checkpoint (e.g. to resume pretraining)."""
+    from .models.gfdm import GFDM
+    from .models.gidm import GIDM
+    meta = read_meta(dirpath)
+    if meta['kind'] not in ('gfdm', 'gidm'):
+        raise CheckpointError(f'{Path(dirpath) / CONFIG_FILE}: kind is {meta["kind"]!r}, not a stage checkpoint')
+    cfg = load_config_from(dirpath)
+    module = (GFDM if meta['kind'] == 'gfdm' else GIDM)(cfg, text_encoder)
+    _strict_load(module, _read_tensors(Path(dirpath) / MODEL_FILE), str(Path(dirpath) / MODEL_FILE))
+    return module.to(device)
+
+
+def load_state_into(policy, dirpath, component: str) -> None:
+    """Load a GFDM or GIDM stage checkpoint into the coupled policy's component, strictly."""
+    dirpath = Path(dirpath)
+    if component not in ('gfdm', 'gidm'):
+        raise ValueError(f"component must be 'gfdm' or 'gidm', got {component!r}")
+    meta = read_meta(dirpath)
+    if meta['kind'] != component:
+        raise CheckpointError(f'{dirpath / CONFIG_FILE}: kind is {meta["kind"]!r}, expected {component!r}')
+    target = getattr(policy, component, None)
+    if target is None:
+        raise CheckpointError(f'{dirpath}: the policy has no {component} (backbone={policy.cfg.backbone!r}, '
+                              f'idm_type={policy.cfg.idm_type!r})')
+    _strict_load(target, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
+    policy.apply_trainable_flags()

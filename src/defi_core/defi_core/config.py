@@ -1,0 +1,238 @@
+"""DefiConfig: one dataclass for the whole model, presets, YAML/JSON IO.
+
+Everything shape-related (image size, cameras, horizon, action dim, future frames, frame gap) lives
+here, never as constants in the model code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+IDM_TYPES = ('gidm', 'mlp', 'transformer', 'none')
+BACKBONES = ('gfdm', 'scratch')
+TEXT_ENCODERS = ('minilm', 'hash')
+
+
+@dataclass
+class DefiConfig:
+    preset_name: str = 'tiny'
+    # --- data shapes -------------------------------------------------------------------------
+    image_size: int = 64                 # square images, H = W = image_size
+    cameras: tuple = ('front',)          # view names; images are stacked in this order
+    state_dim: int = 0                   # 0 = no proprioception input
+    action_dim: int = 4
+    horizon: int = 10                    # action chunk length
+    n_action_steps: int = 0              # actions popped per chunk by select_action (0 = horizon)
+    num_future_frames: int = 4           # T: frames GFDM predicts (t+s, ..., t+T*s)
+    future_stride: int = 1               # s: frames between predicted frames
+    frame_gap: int = 4                   # k: frames between the two GIDM frames (about 1 s)
+    # --- language ----------------------------------------------------------------------------
+    text_encoder: str = 'minilm'         # 'minilm' (all-MiniLM-L6-v2, offline) | 'hash' (tests)
+    text_dim: int = 384                  # output width of the text encoder
+    # --- GFDM: video diffusion transformer ---------------------------------------------------
+    patch_size: int = 8                  # shared by GFDM, GIDM and the scratch encoder
+    gfdm_dim: int = 64
+    gfdm_depth: int = 2
+    gfdm_heads: int = 4
+    gfdm_feature_layer: int = 0          # blocks run by features(); 0 = all blocks
+    gfdm_sampling_steps: int = 10
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2                 # log-normal training sigma: ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    # --- Video Former ------------------------------------------------------------------------
+    vf_dim: int = 64
+    vf_depth: int = 1
+    vf_heads: int = 4
+    vf_queries_per_frame: int = 4
+    # --- GIDM --------------------------------------------------------------------------------
+    gidm_dim: int = 64
+    gidm_encoder_depth: int = 1          # frame encoder (pretraining input path)
+    gidm_depth: int = 2                  # spatio-temporal transformer with causal temporal mask
+    gidm_decoder_depth: int = 1          # reconstructs frame t+k tokens (pretraining only)
+    gidm_heads: int = 4
+    num_action_queries: int = 4
+    codebook_size: int = 16
+    code_dim: int = 32
+    commitment_beta: float = 0.25
+    dead_code_threshold: float = 1e-3    # EMA usage below this -> code restarted from encoder outputs
+    code_usage_decay: float = 0.99
+    gidm_pixel_loss_weight: float = 1.0  # anchors the learned frame encoder against collapse
+    # --- action head: EDM diffusion transformer ----------------------------------------------
+    head_dim: int = 64
+    head_encoder_depth: int = 2
+    head_decoder_depth: int = 2
+    head_heads: int = 4
+    sampling_steps: int = 10             # deterministic sampler steps for actions
+    head_sampler: str = 'euler'          # 'euler' (1 eval/step, DDIM-like) | 'heun'
+    action_sigma_data: float = 0.5
+    action_sigma_min: float = 0.001
+    action_sigma_max: float = 80.0
+    vq_loss_weight: float = 1.0          # weight of GIDM's VQ loss during finetuning
+    # --- ablation switches -------------------------------------------------------------------
+    backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
+    gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
+    gidm_pretrained: bool = True         # False: training does not load a GIDM stage checkpoint
+    idm_type: str = 'gidm'               # 'gidm' | 'mlp' | 'transformer' | 'none' (adapter only)
+    train_gfdm: bool = False             # True: GFDM receives gradients during finetuning
+    seed: int = 0
+
+    def __post_init__(self):
+        self.cameras = tuple(self.cameras)
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def num_views(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def patches_per_view(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.num_views * self.patches_per_view
+
+    @property
+    def feature_frames(self) -> int:
+        """Frames in forward_features' output: T for GFDM, 1 for the scratch encoder."""
+        return self.num_future_frames if self.backbone == 'gfdm' else 1
+
+    @property
+    def feature_dim(self) -> int:
+        return self.gfdm_dim
+
+    @property
+    def gap_feature_index(self) -> int:
+        """Index of the predicted frame nearest to t+k (feature frame j is time t+(j+1)*s)."""
+        j = round(self.frame_gap / self.future_stride) - 1
+        return max(0, min(self.num_future_frames - 1, j))
+
+    @property
+    def gfdm_trainable(self) -> bool:
+        return self.train_gfdm or not self.gfdm_pretrained
+
+    @property
+    def actions_per_chunk(self) -> int:
+        return self.n_action_steps or self.horizon
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ValueError(f'DefiConfig.{name}={getattr(self, name)!r}: {why}')
+        if self.image_size <= 0 or self.image_size % self.patch_size:
+            bad('image_size', f'must be a positive multiple of patch_size={self.patch_size}')
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            bad('cameras', 'must be a non-empty tuple of distinct view names')
+        for name in ('action_dim', 'horizon', 'num_future_frames', 'future_stride', 'frame_gap',
+                     'num_action_queries', 'codebook_size', 'sampling_steps', 'text_dim'):
+            if getattr(self, name) <= 0:
+                bad(name, 'must be > 0')
+        if self.state_dim < 0:
+            bad('state_dim', 'must be >= 0')
+        if not 0 <= self.n_action_steps <= self.horizon:
+            bad('n_action_steps', f'must be in [0, horizon={self.horizon}]')
+        if not 0 <= self.gfdm_feature_layer <= self.gfdm_depth:
+            bad('gfdm_feature_layer', f'must be in [0, gfdm_depth={self.gfdm_depth}]')
+        for name in ('gfdm', 'vf', 'gidm', 'head'):
+            if getattr(self, f'{name}_dim') % getattr(self, f'{name}_heads'):
+                bad(f'{name}_dim', f'must be divisible by {name}_heads')
+        if self.idm_type not in IDM_TYPES:
+            bad('idm_type', f'must be one of {IDM_TYPES}')
+        if self.backbone not in BACKBONES:
+            bad('backbone', f'must be one of {BACKBONES}')
+        if self.text_encoder not in TEXT_ENCODERS:
+            bad('text_encoder', f'must be one of {TEXT_ENCODERS}')
+        if self.text_encoder == 'minilm' and self.text_dim != 384:
+            bad('text_dim', "must be 384 with text_encoder='minilm'")
+        if self.head_sampler not in ('euler', 'heun'):
+            bad('head_sampler', "must be 'euler' or 'heun'")
+        if self.backbone == 'scratch' and self.idm_type != 'none':
+            bad('idm_type', "backbone='scratch' predicts no future frames; use idm_type='none'")
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['cameras'] = list(self.cameras)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = 'config') -> 'DefiConfig':
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f'{source}: unknown DefiConfig field(s) {unknown}')
+        return cls(**d)
+
+    def replace(self, **overrides) -> 'DefiConfig':
+        return self.from_dict({**self.to_dict(), **overrides}, source='overrides')
+
+
+# Preset sizes. tiny: tests (< 2M params). base: CPU benchmark (<= 50 ms per chunk on 2 threads).
+# large: GPU, closer to the paper (head 4+4 layers x 384, Video Former 14 queries per frame).
+PRESETS: dict[str, dict[str, Any]] = {
+    'tiny': dict(),
+    'base': dict(
+        image_size=64, patch_size=8, num_future_frames=4,
+        gfdm_dim=128, gfdm_depth=4, gfdm_heads=4, gfdm_feature_layer=3,
+        vf_dim=128, vf_depth=2, vf_heads=4, vf_queries_per_frame=8,
+        gidm_dim=128, gidm_encoder_depth=2, gidm_depth=3, gidm_decoder_depth=2, gidm_heads=4,
+        code_dim=64, head_dim=128, head_encoder_depth=3, head_decoder_depth=3, head_heads=4,
+    ),
+    'large': dict(
+        image_size=128, patch_size=16, num_future_frames=8, future_stride=2, frame_gap=8,
+        gfdm_dim=384, gfdm_depth=12, gfdm_heads=6, gfdm_feature_layer=8,
+        vf_dim=384, vf_depth=4, vf_heads=6, vf_queries_per_frame=14,
+        gidm_dim=384, gidm_encoder_depth=4, gidm_depth=6, gidm_decoder_depth=4, gidm_heads=6,
+        code_dim=128, head_dim=384, head_encoder_depth=4, head_decoder_depth=4, head_heads=6,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> DefiConfig:
+    """A preset config with overrides, e.g. preset('tiny', action_dim=7, cameras=('front', 'wrist'))."""
+    if name not in PRESETS:
+        raise ValueError(f'unknown preset {name!r}; choose one of {sorted(PRESETS)}')
+    values = {**PRESETS[name], 'preset_name': name}
+    known = {f.name for f in fields(DefiConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f'preset({name!r}): unknown DefiConfig field(s) {unknown}')
+    values.update(overrides)
+    return DefiConfig(**values)
+
+
+def load_config(path) -> DefiConfig:
+    """Read a config from YAML or JSON. A top-level 'preset' key starts from that preset."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in ('.yaml', '.yml'):
+        import yaml
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected a mapping of DefiConfig fields')
+    data = dict(data.get('model', data))
+    name = data.pop('preset', None)
+    if name is not None:
+        try:
+            return preset(name, **data)
+        except ValueError as err:
+            raise ValueError(f'{path}: {err}') from None
+    return DefiConfig.from_dict(data, source=str(path))
+
+
+def save_config(cfg: DefiConfig, path) -> None:
+    path = Path(path)
+    if path.suffix in ('.yaml', '.yml'):
+        import yaml
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    else:
+        path.write_text(json.dumps(cfg.to_dict(), indent=2))

@@ -1,0 +1,1 @@
+"""DeFI networks: GFDM, GIDM, Video Former, action head, and their building blocks."""
