@@ -19,6 +19,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'defi-record = defi_perception.recorder:main',
         ],
     },
 )

@@ -19,6 +19,10 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'defi_sim_node = defi_sim.sim_node:main',
+            'defi_expert_node = defi_sim.expert_node:main',
+            'defi-sim = defi_sim.record:main',
+            'defi-eval = defi_sim.eval_cli:main',
         ],
     },
 )

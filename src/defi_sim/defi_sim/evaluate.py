@@ -1,0 +1,241 @@
+"""Closed-loop evaluation of a DeFI checkpoint on Meta-World tasks, in-process or through ROS 2.
+
+Both modes run the same policy code (`DefiPolicy.predict_action_chunk`, which the ROS nodes run in
+stages) and execute chunks with the same rule as the ROS chunk executor (defi_core.runtime's
+ChunkSchedule: step i of a chunk is due at its observation stamp + i*dt, the latest due step is
+commanded, a chunk from a newer observation replaces the running one), on the same simulator
+timing as the sim node in lockstep mode (an observation every `steps_per_observation` control
+steps, the command held in between):
+
+- `run_inprocess(...)`: no ROS; the policy, the schedule and the MetaWorldSim in one loop. Fast and
+  deterministic; inference latency is the time of predict_action_chunk.
+- `run_ros(...)`: the sim node (lockstep, sim time) and the DeFI bringup as real processes; this
+  process resets the sim through its `sim/reset` service and sends an ExecuteInstruction goal per
+  episode, and reads success from `sim/success`. Latency is camera message -> ActionChunk.
+
+Both return a list of defi_training.evaluation.EpisodeResult and (optionally) pictures.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+import numpy as np  # noqa: E402
+
+from defi_sim.tasks import EVAL_SEED_OFFSET, canonical_task_name, instruction_for  # noqa: E402
+
+__all__ = ['EvalConfig', 'EpisodePictures', 'run_inprocess', 'run_ros', 'load_eval_policy',
+           'sim_cameras_for', 'frame_offsets_steps', 'write_pictures']
+
+CONTROL_DT_S = 0.0125  # one Meta-World control step (frame_skip 5 x 2.5 ms)
+
+
+@dataclass
+class EvalConfig:
+    tasks: tuple = ('reach-v3',)
+    episodes: int = 5                  # per task
+    seed: int = EVAL_SEED_OFFSET       # first seed; episode e of every task uses seed + e (unseen states)
+    max_steps: int = 300               # control steps per episode (12.5 ms each)
+    steps_per_observation: int = 2     # control steps between observations, as the sim node
+    action_dt_s: float = 0.0           # chunk dt; 0 = one observation period
+    replan_every: int = 1              # observations per new chunk (1: a chunk per observation)
+    cameras: tuple = ()                # '<view>=<mujoco camera>'; () = every policy view on 'corner'
+    pictures: bool = False             # prediction strips + an mp4 of the first episode
+    picture_steps: tuple = ()          # observation indices for strips; () = first and middle
+    gfdm_sampling_steps: int = 0       # 0 = the checkpoint's default
+    video_scale: int = 2
+
+    def __post_init__(self):
+        self.tasks = tuple(canonical_task_name(t) for t in self.tasks)
+        if not self.tasks:
+            raise ValueError('tasks: name at least one Meta-World task')
+        for name in ('episodes', 'max_steps', 'steps_per_observation', 'replan_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name}: must be >= 1, got {getattr(self, name)}')
+        if self.action_dt_s < 0:
+            raise ValueError(f'action_dt_s: must be >= 0, got {self.action_dt_s}')
+
+    @property
+    def observation_period_s(self) -> float:
+        return self.steps_per_observation * CONTROL_DT_S
+
+    @property
+    def chunk_dt_s(self) -> float:
+        return self.action_dt_s or self.observation_period_s
+
+
+@dataclass
+class EpisodePictures:
+    """Frames kept for the pictures of one episode (first camera)."""
+    task: str
+    frames: list = field(default_factory=list)        # uint8 [H, W, 3] per observation
+    predictions: dict = field(default_factory=dict)   # observation index -> list of T frames
+
+
+def load_eval_policy(checkpoint, device: str = 'cpu'):
+    """Load a checkpoint directory for evaluation; a clear error naming the path when missing."""
+    path = Path(checkpoint)
+    if not (path / 'config.json').is_file():
+        raise FileNotFoundError(f'checkpoint {path}: no config.json there (expected a directory written by '
+                                f'defi_core.checkpoint.save_checkpoint / defi-train)')
+    from defi_core.checkpoint import load_policy
+    policy = load_policy(str(path), device=device)
+    policy.eval()
+    return policy
+
+
+def sim_cameras_for(policy_cameras: Sequence[str], specs: Sequence[str] = ()) -> list:
+    """The sim camera specs ('<view>=<mujoco camera>') for the policy's views, in its order."""
+    if not specs:
+        return [f'{view}=corner' for view in policy_cameras]
+    by_name = {str(s).partition('=')[0].strip(): str(s) for s in specs}
+    missing = [v for v in policy_cameras if v not in by_name]
+    if missing:
+        raise ValueError(f'cameras: the policy needs views {list(policy_cameras)}, no spec for {missing} '
+                         f'(given {list(specs)})')
+    return [by_name[v] for v in policy_cameras]
+
+
+def frame_offsets_steps(cfg, frame_dt_s: float, observation_period_s: float) -> list:
+    """Offsets, in observations, of the GFDM's predicted frames (frame j is t + (j+1)*s data frames)."""
+    per_frame = frame_dt_s / observation_period_s
+    return [max(1, int(round((j + 1) * cfg.future_stride * per_frame))) for j in range(cfg.num_future_frames)]
+
+
+def _policy_state(policy, sim) -> Optional[np.ndarray]:
+    """observation.state for policies trained with proprioception: the sim's joint positions."""
+    dim = policy.cfg.state_dim
+    if dim <= 0:
+        return None
+    state = sim.joint_positions()
+    if state.shape[0] != dim:
+        raise ValueError(f'the checkpoint expects observation.state of {dim} values; the sim publishes '
+                         f'{state.shape[0]} joint positions ({", ".join(sim.joint_names)})')
+    return state
+
+
+def _observation(policy, frames: dict, instruction: str, state):
+    import torch
+    obs = {f'observation.images.{view}': torch.from_numpy(frames[view]).permute(2, 0, 1)[None].contiguous()
+           for view in policy.cfg.cameras}
+    obs['task'] = [instruction]
+    if state is not None:
+        obs['observation.state'] = torch.as_tensor(state, dtype=torch.float32)[None]
+    return obs
+
+
+def _predict_frames(policy, obs, steps: int) -> list:
+    import torch
+    from defi_training.evaluation import predicted_frames_for_view
+    if policy.gfdm is None:
+        return []
+    images = policy.images_from_obs(obs)
+    with torch.no_grad():
+        sample = policy.gfdm.sample(images, obs['task'], steps=steps or None,
+                                    generator=torch.Generator().manual_seed(0))
+    return predicted_frames_for_view(sample, view=0)
+
+
+def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print):
+    """Run config.episodes episodes per task in-process; -> (episodes, pictures per task)."""
+    from defi_core.runtime import Chunk, ChunkSchedule
+    from defi_training.evaluation import EpisodeResult
+    from defi_sim.metaworld_env import MetaWorldSim
+
+    cfg = policy.cfg
+    if cfg.action_dim != 4:
+        raise ValueError(f'the checkpoint has action_dim={cfg.action_dim}; Meta-World takes 4 '
+                         '([dx, dy, dz, gripper])')
+    cameras = sim_cameras_for(cfg.cameras, config.cameras)
+    period_ns = int(round(config.observation_period_s * 1e9))
+    chunk_dt = config.chunk_dt_s
+    episodes, pictures = [], {}
+    for task in config.tasks:
+        sim = MetaWorldSim(task, seed=config.seed, cameras=cameras, image_size=cfg.image_size,
+                           max_episode_steps=config.max_steps)
+        instruction = instruction_for(task)
+        try:
+            for e in range(config.episodes):
+                seed = config.seed + e
+                sim.reset(seed)
+                policy.reset()
+                schedule = ChunkSchedule()
+                command = np.zeros(4)
+                latencies = []
+                keep = config.pictures and e == 0
+                pics = EpisodePictures(task) if keep else None
+                pic_steps = set(config.picture_steps) if config.picture_steps else {0}
+                success, k = False, 0
+                while sim.steps < config.max_steps and not success:
+                    now_ns = k * period_ns
+                    frames = sim.render()
+                    if k % config.replan_every == 0:
+                        obs = _observation(policy, frames, instruction, _policy_state(policy, sim))
+                        t0 = time.perf_counter()
+                        actions = policy.predict_action_chunk(obs)
+                        latencies.append((time.perf_counter() - t0) * 1e3)
+                        schedule.offer(Chunk(now_ns, chunk_dt, actions[0].detach().cpu().numpy()))
+                        if keep and (k in pic_steps or (not config.picture_steps
+                                                        and k == config.max_steps // (2 * config.steps_per_observation))):
+                            pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
+                    if keep:
+                        pics.frames.append(frames[cfg.cameras[0]])
+                    step = schedule.step(now_ns)
+                    if step is not None:
+                        # the executor's safety rule: a non-finite action commands a stop
+                        command = step.action if np.all(np.isfinite(step.action)) else np.zeros(4)
+                    # zero-order hold for one observation period, as the sim node in lockstep
+                    for _ in range(config.steps_per_observation):
+                        result = sim.step(np.clip(command, -1.0, 1.0))
+                        if result.success:
+                            success = True
+                            break
+                        if result.truncated:
+                            break
+                    k += 1
+                if keep:
+                    pics.frames.append(sim.render()[cfg.cameras[0]])
+                    pictures[task] = pics
+                episodes.append(EpisodeResult(task, seed, success, sim.steps, latencies, instruction))
+                log(f'{task} seed {seed}: {"success" if success else "failure"} after {sim.steps} steps, '
+                    f'{len(latencies)} chunks, median {np.median(latencies) if latencies else 0:.1f} ms')
+        finally:
+            sim.close()
+    return episodes, pictures
+
+
+def write_pictures(pictures: dict, policy_cfg, config: EvalConfig, out_dir, log=print) -> list:
+    """The prediction strip PNG (all tasks, chosen steps) and one mp4 per task; -> written paths."""
+    from defi_training.evaluation import PredictionRecord, save_prediction_strips, write_video
+    out = Path(out_dir)
+    written = []
+    offsets = frame_offsets_steps(policy_cfg, config.chunk_dt_s, config.observation_period_s)
+    records = []
+    for task, pics in pictures.items():
+        for k, predicted in sorted(pics.predictions.items()):
+            if not predicted or k >= len(pics.frames):
+                continue
+            real = [pics.frames[k + o] for o in offsets if k + o < len(pics.frames)]
+            records.append(PredictionRecord(step=k * config.steps_per_observation, current=pics.frames[k],
+                                            predicted=predicted, real=real,
+                                            offsets=[o * config.steps_per_observation for o in offsets],
+                                            task=task))
+        if pics.frames:
+            path = write_video(out / f'episode_{task}.mp4', pics.frames,
+                               fps=1.0 / config.observation_period_s, scale=config.video_scale)
+            written.append(path)
+            log(f'wrote {path}')
+    if records:
+        path = save_prediction_strips(out / 'prediction_strip.png', records, scale=2)
+        written.insert(0, path)
+        log(f'wrote {path}')
+    return written
+
+
+def run_ros(*args, **kwargs):
+    raise NotImplementedError('run_ros: not written yet')

@@ -1,0 +1,101 @@
+"""defi_expert_node: Meta-World's scripted expert as a ROS 2 node (for recording demonstrations).
+
+Reads the privileged state on `sim/task_state` and answers every observation with a
+`defi/action_command` ActionChunk (horizon 1) stamped with the observation's stamp, so the sim in
+lockstep steps on it. Optional Gaussian noise on dx, dy, dz (not on the gripper: flipping the grasp
+would turn noise into failed demonstrations).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from defi_msgs.msg import ActionChunk
+from sensor_msgs.msg import JointState
+
+from defi_sim.metaworld_env import ACTION_NAMES
+from defi_sim.tasks import canonical_task_name, instruction_for
+
+OBSERVATION_SIZE = 39
+
+# metaworld's policies warn on every call that their gains saturate the [-1, 1] action range.
+warnings.filterwarnings('ignore', message='Constant\\(s\\) may be too high')
+
+
+@dataclass
+class ExpertNodeConfig:
+    task: str = 'drawer-open-v3'
+    noise_std: float = 0.0      # std of Gaussian noise added to dx, dy, dz (action units)
+    noise_seed: int = 0
+    dt: float = 0.025           # written into the chunk (the sim's observation period)
+
+
+class ExpertNode(Node):
+    def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
+        super().__init__('defi_expert_node', context=context,
+                         parameter_overrides=parameter_overrides, **node_kwargs)
+        defaults = ExpertNodeConfig()
+        for name, value in vars(defaults).items():
+            self.declare_parameter(name, value)
+        self.config = ExpertNodeConfig(**{n: self.get_parameter(n).value for n in vars(defaults)})
+        if self.config.noise_std < 0:
+            raise ValueError(f'parameter noise_std={self.config.noise_std} must be >= 0')
+        self.set_task(self.config.task)
+        self.rng = np.random.default_rng(self.config.noise_seed)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.command_pub = self.create_publisher(ActionChunk, 'defi/action_command', reliable)
+        self.create_subscription(JointState, 'sim/task_state', self._on_state, reliable)
+        self.commands_sent = 0
+
+    def set_task(self, task: str) -> None:
+        from metaworld.policies import ENV_POLICY_MAP
+        self.task = canonical_task_name(task)
+        self.instruction = instruction_for(self.task)
+        self.policy = ENV_POLICY_MAP[self.task]()
+
+    def _on_state(self, msg: JointState) -> None:
+        if len(msg.position) != OBSERVATION_SIZE:
+            self.get_logger().error(
+                f'sim/task_state: expected {OBSERVATION_SIZE} positions, got {len(msg.position)}; ignored',
+                throttle_duration_sec=5.0)
+            return
+        if msg.header.frame_id and msg.header.frame_id != self.task:
+            self.set_task(msg.header.frame_id)  # the sim names its task in frame_id
+        action = np.asarray(self.policy.get_action(np.asarray(msg.position, dtype=np.float64)),
+                            dtype=np.float64)
+        if self.config.noise_std > 0:
+            action[:3] += self.rng.normal(0.0, self.config.noise_std, size=3)
+        action = np.clip(action, -1.0, 1.0)
+        chunk = ActionChunk()
+        chunk.header.stamp = msg.header.stamp
+        chunk.dt = float(self.config.dt)
+        chunk.horizon, chunk.action_dim = 1, 4
+        chunk.names = list(ACTION_NAMES)
+        chunk.data = action.astype(np.float32).tolist()
+        chunk.instruction = self.instruction
+        self.command_pub.publish(chunk)
+        self.commands_sent += 1
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ExpertNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()

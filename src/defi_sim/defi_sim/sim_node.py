@@ -1,0 +1,350 @@
+"""defi_sim_node: a Meta-World task in MuJoCo speaking the robot's ROS 2 topics.
+
+Publishes (names relative to the node's namespace):
+  camera/<name>/image_raw  sensor_msgs/Image rgb8, one per configured camera
+  joint_states             sensor_msgs/JointState (arm joints + the two finger joints)
+  sim/ee_pose              geometry_msgs/PoseStamped (hand, frame `frame_id`)
+  sim/success              std_msgs/Bool (task success after the last step)
+  sim/task_state           sensor_msgs/JointState: the 39-D Meta-World observation (privileged
+                           object/goal state, names from metaworld_env.observation_names()); read by
+                           the scripted expert, never by the learned policy
+  /clock                   rosgraph_msgs/Clock
+  instruction              std_msgs/String, reliable + transient local
+Subscribes:
+  defi/action_command        defi_msgs/ActionChunk; row 0 = [dx, dy, dz, gripper] in [-1, 1]
+  servo_node/delta_twist_cmds geometry_msgs/TwistStamped; linear m/s -> dx, dy, dz; gripper kept
+Service:
+  sim/reset  std_srvs/Trigger: next episode with the next seed, or with the `task` / `seed`
+             parameters when they were set since the last reset.
+
+Modes: `realtime` steps the physics on a wall-clock timer at the env's control rate with the latest
+command held (zero-order hold); stamps are wall-clock time. `lockstep` runs on sim time as fast as the
+loop allows: publish an observation, wait for a command stamped at or after it (or
+`lockstep_timeout_s`), then step. Stamps and /clock are then sim time, so a closed loop through ROS is
+deterministic.
+"""
+from __future__ import annotations
+
+import array
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from builtin_interfaces.msg import Time
+from defi_msgs.msg import ActionChunk
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+
+from defi_sim.metaworld_env import MetaWorldSim, observation_names
+from defi_sim.tasks import canonical_task_name
+
+MODES = ('realtime', 'lockstep')
+
+
+@dataclass
+class SimNodeConfig:
+    task: str = 'drawer-open-v3'
+    seed: int = 0
+    instruction: str = ''                    # empty: the task's own instruction
+    cameras: list = field(default_factory=lambda: ['front=corner'])  # "<name>=<mujoco camera>"
+    image_width: int = 96
+    image_height: int = 96
+    mode: str = 'realtime'                   # 'realtime' | 'lockstep'
+    steps_per_observation: int = 2           # control steps (12.5 ms each) between observations
+    max_episode_steps: int = 500             # control steps; then the episode holds still
+    lockstep_timeout_s: float = 1.0          # wall seconds to wait for a command in lockstep
+    twist_linear_scale: float = 0.0          # action per (m/s); 0: dt / action_scale (physical)
+    frame_id: str = 'world'
+
+    def validate(self) -> 'SimNodeConfig':
+        canonical_task_name(self.task)
+        if self.mode not in MODES:
+            raise ValueError(f'parameter mode={self.mode!r}: expected one of {MODES}')
+        for name in ('steps_per_observation', 'image_width', 'image_height'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'parameter {name}={getattr(self, name)} must be >= 1')
+        if self.lockstep_timeout_s <= 0:
+            raise ValueError(f'parameter lockstep_timeout_s={self.lockstep_timeout_s} must be > 0')
+        if not self.cameras:
+            raise ValueError('parameter cameras is empty: name at least one camera')
+        return self
+
+
+def _stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def _stamp_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class SimNode(Node):
+    def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
+        super().__init__('defi_sim_node', context=context,
+                         parameter_overrides=parameter_overrides, **node_kwargs)
+        defaults = SimNodeConfig()
+        for name, value in vars(defaults).items():
+            self.declare_parameter(name, value)
+        self.config = SimNodeConfig(**{
+            name: self.get_parameter(name).value for name in vars(defaults)}).validate()
+        cfg = self.config
+
+        self.sim = MetaWorldSim(cfg.task, seed=cfg.seed, cameras=cfg.cameras,
+                                image_size=(cfg.image_height, cfg.image_width),
+                                max_episode_steps=cfg.max_episode_steps)
+        self.dt_ns = int(round(self.sim.dt * 1e9))
+        self.twist_scale = cfg.twist_linear_scale or self.sim.dt / self.sim.env.action_scale
+        self._pending_task: str | None = None
+        self._pending_seed: int | None = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # Reliable publishers: compatible with best-effort (sensor data) subscribers too, and a
+        # reliable recorder then misses nothing.
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.image_pubs = {cam.name: self.create_publisher(Image, f'camera/{cam.name}/image_raw', reliable)
+                           for cam in self.sim.cameras}
+        self.joint_pub = self.create_publisher(JointState, 'joint_states', reliable)
+        self.pose_pub = self.create_publisher(PoseStamped, 'sim/ee_pose', reliable)
+        self.success_pub = self.create_publisher(Bool, 'sim/success', reliable)
+        self.state_pub = self.create_publisher(JointState, 'sim/task_state', reliable)
+        self.clock_pub = self.create_publisher(ClockMsg, '/clock', reliable)
+        self.instruction_pub = self.create_publisher(String, 'instruction', latched)
+        self.create_subscription(ActionChunk, 'defi/action_command', self._on_action_chunk, reliable)
+        self.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self._on_twist, reliable)
+        self.create_service(Trigger, 'sim/reset', self._on_reset)
+
+        self._obs_names = observation_names()
+        self.command = np.zeros(4)
+        self.command_stamp_ns = -1
+        self.total_steps = 0          # control steps since start: the sim clock never goes back
+        self.observations_published = 0
+        self.published_counts: dict[str, int] = {}
+        self.lockstep_timeouts = 0
+        self.paused = False           # an orchestrator (recording) can freeze the episode
+        self.obs_stamp_ns = 0
+        self._awaiting_command = False
+        self._awaiting_since = 0.0
+        self._steps_since_obs = 0
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers follow the wall, never sim time
+        if cfg.mode == 'lockstep':
+            self.create_timer(0.005, self._lockstep_watchdog, clock=steady)
+        else:
+            self.create_timer(self.sim.dt, self._realtime_tick, clock=steady)
+        self._publish_instruction()
+        self._publish_observation()
+        self.get_logger().info(
+            f'{self.sim.task} seed {self.sim.seed} mode {cfg.mode}: cameras '
+            f'{[c.name + "=" + c.mujoco_camera for c in self.sim.cameras]} at '
+            f'{cfg.image_width}x{cfg.image_height}, observation every '
+            f'{cfg.steps_per_observation * self.sim.dt * 1e3:.1f} ms')
+
+    # ------------------------------------------------------------------ parameters / reset
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == 'task':
+                try:
+                    self._pending_task = canonical_task_name(str(param.value))
+                except ValueError as err:
+                    return SetParametersResult(successful=False, reason=str(err))
+            elif param.name == 'seed':
+                self._pending_seed = int(param.value)
+            elif param.name == 'instruction':
+                self.config.instruction = str(param.value)
+            elif param.name in vars(self.config):
+                return SetParametersResult(
+                    successful=False, reason=f'parameter {param.name} is read once at start')
+        return SetParametersResult(successful=True)
+
+    def instruction(self) -> str:
+        return self.config.instruction or self.sim.instruction
+
+    def reset_episode(self, task: str | None = None, seed: int | None = None) -> str:
+        """Start a new episode: `task` (default: unchanged), `seed` (default: the next seed)."""
+        task = canonical_task_name(task) if task else self.sim.task
+        seed = self.sim.seed + 1 if seed is None else int(seed)
+        if task != self.sim.task:
+            old = self.sim
+            self.sim = MetaWorldSim(task, seed=seed, cameras=self.config.cameras,
+                                    image_size=(self.config.image_height, self.config.image_width),
+                                    max_episode_steps=self.config.max_episode_steps)
+            old.close()
+        else:
+            self.sim.reset(seed)
+        self.command = np.zeros(4)
+        self.paused = False
+        self._steps_since_obs = 0
+        # A fresh stamp for the new episode's first observation, so a late command answering the
+        # previous episode's last observation cannot step the new one.
+        self.total_steps += 1
+        self._publish_instruction()
+        self._publish_observation()
+        return f'{self.sim.task} seed {self.sim.seed}'
+
+    def _on_reset(self, request, response):
+        try:
+            response.message = self.reset_episode(self._pending_task, self._pending_seed)
+            response.success = True
+        except Exception as err:  # a bad task name must not kill the node
+            response.success, response.message = False, f'reset failed: {err}'
+        self._pending_task = self._pending_seed = None
+        return response
+
+    # ------------------------------------------------------------------ commands
+    def _on_action_chunk(self, msg: ActionChunk) -> None:
+        n = int(msg.horizon) * int(msg.action_dim)
+        if msg.action_dim != 4 or msg.horizon < 1 or len(msg.data) != n:
+            self.get_logger().error(
+                f'defi/action_command: expected action_dim 4 and data of horizon*action_dim values, got '
+                f'action_dim={msg.action_dim} horizon={msg.horizon} len(data)={len(msg.data)}; ignored',
+                throttle_duration_sec=5.0)
+            return
+        action = np.asarray(msg.data[:4], dtype=np.float64)
+        self._accept_command(action, _stamp_ns(msg.header.stamp), 'defi/action_command')
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        lin = msg.twist.linear
+        action = np.array([lin.x, lin.y, lin.z, 0.0]) * self.twist_scale
+        action[3] = self.command[3]  # a twist says nothing about the gripper
+        self._accept_command(action, _stamp_ns(msg.header.stamp), 'servo_node/delta_twist_cmds')
+
+    def _accept_command(self, action: np.ndarray, stamp_ns: int, topic: str) -> None:
+        if not np.all(np.isfinite(action)):
+            self.get_logger().error(f'{topic}: non-finite command {action.tolist()}; ignored',
+                                    throttle_duration_sec=5.0)
+            return
+        self.command = np.clip(action, -1.0, 1.0)
+        self.command_stamp_ns = stamp_ns
+        if self.config.mode == 'lockstep' and self._awaiting_command and stamp_ns >= self.obs_stamp_ns:
+            self._advance()
+
+    # ------------------------------------------------------------------ stepping
+    def episode_over(self) -> bool:
+        return self.paused or (self.sim.max_episode_steps > 0 and self.sim.steps >= self.sim.max_episode_steps)
+
+    def _advance(self) -> None:
+        """Lockstep: apply the held command for one observation period, then observe."""
+        self._awaiting_command = False
+        if self.episode_over():
+            return
+        for _ in range(self.config.steps_per_observation):
+            self.sim.step(self.command)
+            self.total_steps += 1
+            if self.episode_over():
+                break
+        self._publish_observation()
+
+    def _lockstep_watchdog(self) -> None:
+        if (self._awaiting_command and not self.episode_over()
+                and time.monotonic() - self._awaiting_since > self.config.lockstep_timeout_s):
+            self.lockstep_timeouts += 1
+            self.get_logger().warn(
+                f'lockstep: no command stamped >= {self.obs_stamp_ns} ns within '
+                f'{self.config.lockstep_timeout_s} s; stepping with the held command',
+                throttle_duration_sec=5.0)
+            self._advance()
+
+    def _realtime_tick(self) -> None:
+        if self.episode_over():
+            return
+        self.sim.step(self.command)
+        self.total_steps += 1
+        self._steps_since_obs += 1
+        if self._steps_since_obs >= self.config.steps_per_observation:
+            self._steps_since_obs = 0
+            self._publish_observation()
+
+    # ------------------------------------------------------------------ publishing
+    def _now_ns(self) -> int:
+        if self.config.mode == 'lockstep':
+            return self.total_steps * self.dt_ns
+        return time.time_ns()
+
+    def _count(self, topic: str) -> None:
+        self.published_counts[topic] = self.published_counts.get(topic, 0) + 1
+
+    def _publish_instruction(self) -> None:
+        self.instruction_pub.publish(String(data=self.instruction()))
+        self._count('instruction')
+
+    def _publish_observation(self) -> None:
+        stamp_ns = self._now_ns()
+        stamp = _stamp(stamp_ns)
+        self.clock_pub.publish(ClockMsg(clock=stamp))
+        frame_id = self.config.frame_id
+        for name, frame in self.sim.render().items():
+            msg = Image()
+            msg.header.stamp, msg.header.frame_id = stamp, name
+            msg.height, msg.width = frame.shape[0], frame.shape[1]
+            msg.encoding, msg.is_bigendian, msg.step = 'rgb8', 0, frame.shape[1] * 3
+            msg.data = array.array('B', frame.tobytes())
+            self.image_pubs[name].publish(msg)
+            self._count(f'camera/{name}/image_raw')
+
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = self.sim.joint_names
+        joints.position = self.sim.joint_positions().tolist()
+        joints.velocity = self.sim.joint_velocities().tolist()
+        self.joint_pub.publish(joints)
+        self._count('joint_states')
+
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, frame_id
+        p, q = self.sim.ee_position(), self.sim.ee_quaternion()
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, p)
+        pose.pose.orientation.w, pose.pose.orientation.x = float(q[0]), float(q[1])
+        pose.pose.orientation.y, pose.pose.orientation.z = float(q[2]), float(q[3])
+        self.pose_pub.publish(pose)
+        self._count('sim/ee_pose')
+
+        state = JointState()
+        state.header.stamp, state.header.frame_id = stamp, self.sim.task
+        state.name = self._obs_names
+        state.position = [float(v) if math.isfinite(v) else 0.0 for v in self.sim.observation]
+        self.state_pub.publish(state)
+        self._count('sim/task_state')
+
+        self.success_pub.publish(Bool(data=self.sim.success))
+        self._count('sim/success')
+
+        self.obs_stamp_ns = stamp_ns
+        self.observations_published += 1
+        if self.config.mode == 'lockstep':
+            self._awaiting_command = True
+            self._awaiting_since = time.monotonic()
+
+    def destroy_node(self):
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()
