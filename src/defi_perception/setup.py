@@ -20,6 +20,7 @@ setup(
     entry_points={
         'console_scripts': [
             'defi-record = defi_perception.recorder:main',
+            'forward_predictor_node = defi_perception.forward_predictor_node:main',
         ],
     },
 )

@@ -19,6 +19,11 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'defi_bringup = defi_policy.bringup:main',
+            'latent_action_encoder_node = defi_policy.latent_action_encoder_node:main',
+            'action_decoder_node = defi_policy.action_decoder_node:main',
+            'chunk_executor_node = defi_policy.chunk_executor_node:main',
+            'execute_instruction_server = defi_policy.execute_instruction_server:main',
         ],
     },
 )

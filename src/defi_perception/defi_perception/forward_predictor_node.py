@@ -1,0 +1,199 @@
+"""Forward predictor node: camera(s) + instruction -> GFDM features (and a preview of the future).
+
+- GFDM features of the latest synchronised observation + instruction, at most at control_rate_hz,
+  published as defi_msgs/ForwardFeatures on defi/forward_features (stamp = camera stamp).
+- Predicted future frames sampled at preview_rate_hz (much lower: it is a full sampling loop) on
+  its own worker thread, published as one sensor_msgs/Image strip [now | t+1 ... t+T] (one row per
+  camera) on defi/predicted_frames for RViz.
+Inference runs on worker threads (latest-wins); ROS callbacks only decode, buffer and hand over.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from defi_core.runtime.camera_sync import CameraSync
+from defi_core.runtime.safety import all_finite
+from defi_core.runtime.worker import LatestWorker
+from defi_msgs.msg import ForwardFeatures, PolicyStatus
+
+from . import qos
+from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
+                          stamp_to_ns)
+from .node_base import CommonParams, DefiNode, run_node
+
+
+@dataclass
+class ForwardPredictorParams(CommonParams):
+    # one topic per checkpoint camera, in the checkpoint's camera order; '.../compressed' topics
+    # are read as sensor_msgs/CompressedImage (image_transport's naming)
+    camera_topics: List[str] = field(default_factory=lambda: ['camera/image_raw'])
+    instruction_topic: str = 'instruction'
+    features_topic: str = 'defi/forward_features'
+    predicted_frames_topic: str = 'defi/predicted_frames'
+    control_rate_hz: float = 10.0
+    preview_rate_hz: float = 1.0          # 0 = no predicted frames
+    preview_steps: int = 0                # sampler steps for the preview; 0 = the checkpoint's
+    max_age_s: float = 1.0                # observations older than this are not processed
+    sync_tolerance_s: float = 0.1         # other cameras: frame at most this much older than camera 0
+    frame_id: str = ''
+
+
+class ForwardPredictorNode(DefiNode):
+    params_cls = ForwardPredictorParams
+
+    def __init__(self, policy=None, node_name: str = 'forward_predictor', **kwargs):
+        super().__init__(node_name, policy=policy, **kwargs)
+        self.instruction = ''
+        self._lock = threading.Lock()
+        self._last_submitted_ns = -1
+        self.features_worker = None
+        self.preview_worker = None
+
+    # ---- lifecycle hooks ----------------------------------------------------------------------
+    def setup(self) -> None:
+        p, cfg = self.params, self.policy.cfg
+        if len(p.camera_topics) != len(cfg.cameras):
+            raise ValueError(f"parameter 'camera_topics': {len(p.camera_topics)} topic(s) "
+                             f'{p.camera_topics} for the checkpoint cameras {list(cfg.cameras)} '
+                             f'(one topic per camera, in this order)')
+        if p.control_rate_hz <= 0:
+            raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
+        self.sync = CameraSync(cfg.cameras, p.sync_tolerance_s)
+        self.image_size = int(cfg.image_size)
+        stride = int(getattr(cfg, 'future_stride', 1))
+        frames = int(getattr(cfg, 'feature_frames', cfg.num_future_frames))
+        self.frame_offsets = [(j + 1) * stride for j in range(frames)] if frames > 1 else [0]
+        for cam, topic in zip(cfg.cameras, p.camera_topics):
+            msg_type = CompressedImage if is_compressed_topic(topic) else Image
+            self.create_subscription(msg_type, topic, functools.partial(self.on_image, cam, topic),
+                                     qos.SENSOR, callback_group=self.callbacks)
+        self.create_subscription(String, p.instruction_topic, self.on_instruction, qos.INSTRUCTION,
+                                 callback_group=self.callbacks)
+        self.features_pub = self.create_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
+        self.features_worker = LatestWorker(self._compute_features, 'defi-features',
+                                            self._worker_error('forward features'))
+        if p.preview_rate_hz > 0 and getattr(self.policy, 'gfdm', None) is not None:
+            self.preview_pub = self.create_publisher(Image, p.predicted_frames_topic, qos.BEST_EFFORT)
+            self.preview_worker = LatestWorker(self._compute_preview, 'defi-preview',
+                                               self._worker_error('predicted frames'))
+            self.create_timer(1.0 / p.preview_rate_hz, self._on_preview_timer,
+                              callback_group=self.timer_group)
+
+    def warm_up(self) -> None:
+        import torch
+        cfg = self.policy.cfg
+        images = torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+        with torch.inference_mode():
+            self.policy.forward_features(images, self.policy.encode_instruction(['warm up']))
+
+    def teardown(self) -> None:
+        for w in (self.features_worker, self.preview_worker):
+            if w is not None:
+                w.close()
+
+    def fill_status(self, msg: PolicyStatus) -> None:
+        if self.features_worker is not None:
+            msg.dropped_frames = self.features_worker.dropped + self.counters.dropped_frames
+            msg.queue_depth = int(self.features_worker.busy)
+
+    # ---- callbacks ----------------------------------------------------------------------------
+    def on_instruction(self, msg: String) -> None:
+        text = msg.data.strip()
+        if not text:
+            self.report_error('malformed_inputs', f"{self.params.instruction_topic}: empty instruction "
+                              '(no features are computed until a non-empty one arrives)')
+        self.instruction = text
+
+    def on_image(self, camera: str, topic: str, msg) -> None:
+        if not self.active:
+            return
+        try:
+            rgb = image_msg_to_rgb(msg, self.image_size)
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{topic}: {exc}')
+            return
+        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
+        with self._lock:
+            self.sync.push(camera, stamp, rgb)
+            if camera != self.sync.reference or not self.instruction:
+                return
+            if stamp - self._last_submitted_ns < 0.9e9 / self.params.control_rate_hz:
+                return
+            obs = self.sync.observation(stamp)
+            if obs is None:
+                self.report_error('stale_observations', f'camera {self.sync.last_missing!r}: no frame '
+                                  f'within sync_tolerance_s={self.params.sync_tolerance_s} of '
+                                  f'{topic} stamp {stamp * 1e-9:.3f}')
+                return
+            self._last_submitted_ns = stamp
+        self.features_worker.submit((stamp, obs[1], self.instruction))
+
+    def _on_preview_timer(self) -> None:
+        if not self.active or not self.instruction or self.preview_worker is None:
+            return
+        with self._lock:
+            obs = self.sync.observation()
+        if obs is not None:
+            self.preview_worker.submit((obs[0], obs[1], self.instruction))
+
+    # ---- worker threads -----------------------------------------------------------------------
+    def _worker_error(self, what: str):
+        return lambda exc: self.report_error('other', f'{what} failed: {type(exc).__name__}: {exc}')
+
+    def _images(self, frames):
+        import torch
+        return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]   # [1, V, 3, H, W]
+
+    def _compute_features(self, item) -> None:
+        import torch
+        stamp, frames, instruction = item
+        age_s = (self.now_ns() - stamp) * 1e-9
+        if age_s > self.params.max_age_s:
+            self.report_error('stale_observations', f'{self.params.camera_topics[0]}: observation is '
+                              f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); skipped')
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction([instruction])
+            feats = self.policy.forward_features(self._images(frames), lang)[0]
+        arr = feats.float().cpu().numpy()
+        if not all_finite(arr):
+            self.report_error('non_finite_outputs', 'forward features: non-finite values; not published')
+            return
+        self.features_pub.publish(features_to_msg(arr, stamp, instruction, self.frame_offsets,
+                                                  self.params.frame_id))
+        self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _compute_preview(self, item) -> None:
+        import torch
+        stamp, frames, instruction = item
+        steps = self.params.preview_steps or None
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction([instruction])
+            future = self.policy.gfdm.sample(self._images(frames), lang, steps=steps)[0]
+        future = future.float().cpu().numpy()              # [T, V, 3, H, W] in [0, 1]
+        if future.ndim == 4:                               # [T, 3, H, W]: one view
+            future = future[:, None]
+        rows = []
+        for v, now in enumerate(frames):
+            preds = [np.clip(future[t, v].transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                     for t in range(future.shape[0])]
+            rows.append(np.concatenate([now] + preds, axis=1))
+        strip = np.concatenate(rows, axis=0)
+        self.preview_pub.publish(rgb_to_image_msg(strip, stamp, self.params.frame_id))
+
+
+def main(args=None) -> None:
+    run_node(ForwardPredictorNode, args)
+
+
+if __name__ == '__main__':
+    main()

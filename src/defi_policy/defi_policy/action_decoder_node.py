@@ -1,0 +1,197 @@
+"""Action decoder node: features + latent actions + instruction (+ joint state) -> ActionChunk.
+
+The chunk is stamped with the OBSERVATION time (the camera stamp behind the features), carries dt,
+the action names, horizon and action_dim. Features and latent actions are paired by stamp. A chunk
+with non-finite values is still published (counted here) so that the executor stops at once.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+from sensor_msgs.msg import JointState
+
+from defi_core.runtime.safety import all_finite
+from defi_core.runtime.worker import LatestWorker
+from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
+from defi_perception import qos
+from defi_perception.conversions import (chunk_to_msg, features_from_msg, latent_from_msg,
+                                         stamp_to_ns)
+from defi_perception.node_base import CommonParams, DefiNode, run_node
+
+from .latent_action_encoder_node import check_features
+
+PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
+
+
+@dataclass
+class ActionDecoderParams(CommonParams):
+    features_topic: str = 'defi/forward_features'
+    latent_topic: str = 'defi/latent_actions'
+    chunk_topic: str = 'defi/action_chunk'
+    joint_states_topic: str = 'joint_states'
+    state_names: List[str] = field(default_factory=list)   # joints forming the state; [] = first state_dim
+    action_names: List[str] = field(default_factory=list)  # [] = a0, a1, ...
+    action_dt: float = 0.1                                  # seconds between chunk steps
+    max_age_s: float = 1.0
+    frame_id: str = ''
+
+
+class ActionDecoderNode(DefiNode):
+    params_cls = ActionDecoderParams
+
+    def __init__(self, policy=None, node_name: str = 'action_decoder', **kwargs):
+        super().__init__(node_name, policy=policy, **kwargs)
+        self.worker = None
+        self._lock = threading.Lock()
+        self._features = OrderedDict()   # stamp -> (features, instruction)
+        self._latents = OrderedDict()    # stamp -> tokens
+        self._joint_state = None
+
+    def setup(self) -> None:
+        p, cfg = self.params, self.policy.cfg
+        if p.action_names and len(p.action_names) != cfg.action_dim:
+            raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for the "
+                             f'checkpoint action_dim {cfg.action_dim}')
+        if not p.action_dt > 0:
+            raise ValueError(f"parameter 'action_dt': must be > 0, got {p.action_dt}")
+        self.names = list(p.action_names) or [f'a{i}' for i in range(cfg.action_dim)]
+        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
+                                 callback_group=self.callbacks)
+        self.create_subscription(LatentActions, p.latent_topic, self.on_latent, qos.RELIABLE,
+                                 callback_group=self.callbacks)
+        if cfg.state_dim > 0:
+            self.create_subscription(JointState, p.joint_states_topic, self.on_joint_state,
+                                     qos.SENSOR, callback_group=self.callbacks)
+        self.chunk_pub = self.create_publisher(ActionChunk, p.chunk_topic, qos.RELIABLE)
+        self.worker = LatestWorker(self._compute, 'defi-decode', lambda exc: self.report_error(
+            'other', f'action decoding failed: {type(exc).__name__}: {exc}'))
+
+    def warm_up(self) -> None:
+        import torch
+        cfg = self.policy.cfg
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction(['warm up'])
+            feats = self.policy.forward_features(
+                torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
+            _, tokens = self.policy.latent_actions(feats, lang)
+            state = torch.zeros(1, cfg.state_dim) if cfg.state_dim > 0 else None
+            self.policy.decode_actions(feats, tokens, lang, state)
+
+    def teardown(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def fill_status(self, msg: PolicyStatus) -> None:
+        if self.worker is not None:
+            msg.dropped_frames = self.worker.dropped
+            msg.queue_depth = int(self.worker.busy)
+
+    # ---- callbacks ----------------------------------------------------------------------------
+    def on_joint_state(self, msg: JointState) -> None:
+        self._joint_state = msg
+
+    def on_features(self, msg: ForwardFeatures) -> None:
+        if not self.active:
+            return
+        topic = self.params.features_topic
+        try:
+            feats = features_from_msg(msg)
+            check_features(feats, self.policy.cfg, topic)
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{topic}: {exc}' if topic not in str(exc) else str(exc))
+            return
+        if not msg.instruction.strip():
+            self.report_error('malformed_inputs', f'{topic}: empty instruction field')
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._features[stamp] = (feats, msg.instruction)
+            while len(self._features) > PAIRING_WINDOW:
+                self._features.popitem(last=False)
+        self._try_pair(stamp)
+
+    def on_latent(self, msg: LatentActions) -> None:
+        if not self.active:
+            return
+        try:
+            _, tokens = latent_from_msg(msg)
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{self.params.latent_topic}: {exc}')
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._latents[stamp] = tokens
+            while len(self._latents) > PAIRING_WINDOW:
+                self._latents.popitem(last=False)
+        self._try_pair(stamp)
+
+    def _try_pair(self, stamp: int) -> None:
+        with self._lock:
+            if stamp not in self._features or stamp not in self._latents:
+                return
+            feats, instruction = self._features.pop(stamp)
+            tokens = self._latents.pop(stamp)
+            # anything older can no longer be paired usefully
+            for d in (self._features, self._latents):
+                for old in [s for s in d if s < stamp]:
+                    del d[old]
+        state = None
+        if self.policy.cfg.state_dim > 0:
+            try:
+                state = self._state_vector()
+            except ValueError as exc:
+                self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
+                return
+        self.worker.submit((stamp, feats, tokens, instruction, state))
+
+    def _state_vector(self) -> np.ndarray:
+        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.params.state_names
+        if msg is None:
+            raise ValueError(f'no JointState received yet (the checkpoint needs state_dim={dim})')
+        pos = list(msg.position)
+        if names:
+            missing = [n for n in names if n not in msg.name]
+            if missing:
+                raise ValueError(f'name: joints {missing} (parameter state_names) are not in the message')
+            pos = [pos[list(msg.name).index(n)] for n in names]
+        if len(pos) < dim:
+            raise ValueError(f'position: {len(pos)} values, the checkpoint needs state_dim={dim}')
+        return np.asarray(pos[:dim], dtype=np.float32)
+
+    # ---- worker thread ------------------------------------------------------------------------
+    def _compute(self, item) -> None:
+        import torch
+        stamp, feats, tokens, instruction, state = item
+        age_s = (self.now_ns() - stamp) * 1e-9
+        if age_s > self.params.max_age_s:
+            self.report_error('stale_observations', f'{self.params.latent_topic}: observation is '
+                              f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); no chunk')
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction([instruction])
+            state_t = None if state is None else torch.from_numpy(state)[None]
+            chunk = self.policy.decode_actions(torch.from_numpy(feats.copy())[None],
+                                               torch.from_numpy(tokens.copy())[None], lang, state_t)
+        actions = chunk[0].float().cpu().numpy()
+        if not all_finite(actions):
+            # published anyway: the executor must see it and command a stop now
+            self.report_error('non_finite_outputs', f'{self.params.chunk_topic}: decoded chunk has '
+                              'non-finite values (the executor will stop)')
+        self.chunk_pub.publish(chunk_to_msg(actions, stamp, self.params.action_dt, self.names,
+                                            instruction, self.params.frame_id))
+        self.counters.set(decode_ms=(time.perf_counter() - t0) * 1e3,
+                          chunk_ms=(self.now_ns() - stamp) * 1e-6)
+
+
+def main(args=None) -> None:
+    run_node(ActionDecoderNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,83 @@
+"""defi_bringup: every DeFI component in ONE process, one MultiThreadedExecutor, one model.
+
+The checkpoint is loaded once and the same policy object is handed to the forward predictor, the
+latent-action encoder and the action decoder; messages between them still go through real topics
+(so each node also runs alone, as its own executable, unchanged). Parameters of every node come
+from the usual --ros-args (-p, --params-file with a section per node name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from defi_perception.forward_predictor_node import ForwardPredictorNode
+from defi_perception.node_base import load_checkpoint_policy
+from defi_perception.params import declare_params
+
+from .action_decoder_node import ActionDecoderNode
+from .chunk_executor_node import ChunkExecutorNode
+from .execute_instruction_server import ExecuteInstructionServer
+from .latent_action_encoder_node import LatentActionEncoderNode
+
+
+@dataclass
+class BringupParams:
+    checkpoint: str = ''
+    device: str = 'cpu'
+    torch_threads: int = 2
+    with_action_server: bool = True
+    executor_threads: int = 6
+    autostart: bool = True
+
+
+def build_nodes(policy, with_action_server: bool = True, **node_kwargs) -> list:
+    """The pipeline's nodes sharing `policy` (None: each loads its own 'checkpoint' parameter)."""
+    nodes = [ForwardPredictorNode(policy=policy, **node_kwargs),
+             LatentActionEncoderNode(policy=policy, **node_kwargs),
+             ActionDecoderNode(policy=policy, **node_kwargs),
+             ChunkExecutorNode(**node_kwargs)]
+    if with_action_server:
+        nodes.append(ExecuteInstructionServer(**node_kwargs))
+    return nodes
+
+
+def start_nodes(nodes) -> list:
+    """configure + activate every node; returns the names of those that failed."""
+    return [n.get_name() for n in nodes if not n.start()]
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    host = Node('defi_bringup')
+    p = declare_params(host, BringupParams)
+    policy = None
+    try:
+        policy = load_checkpoint_policy(p.checkpoint, p.device, p.torch_threads)
+        host.get_logger().info(f'loaded {p.checkpoint} once for all nodes')
+    except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
+        host.get_logger().error(f'defi_bringup: {exc}')
+    nodes = build_nodes(policy, p.with_action_server)
+    executor = MultiThreadedExecutor(num_threads=max(2, p.executor_threads))
+    for n in [host] + nodes:
+        executor.add_node(n)
+    try:
+        if p.autostart:
+            failed = start_nodes(nodes)
+            if failed:
+                host.get_logger().error(f'not started: {failed} (see defi/status last_error)')
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        for n in reversed(nodes):      # executor (and its stop command) before the rest
+            n.destroy_node()
+        host.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,264 @@
+"""Chunk executor node: ActionChunk -> robot commands at the control rate, with the stop rules.
+
+output_mode:
+- 'twist': geometry_msgs/TwistStamped on servo_node/delta_twist_cmds (MoveIt Servo);
+- 'joint_trajectory': trajectory_msgs/JointTrajectory (one point per step) on
+  <controller>/joint_trajectory (ros2_control); stop = an empty trajectory (hold position);
+- 'passthrough': each due step as a horizon-1 defi_msgs/ActionChunk on defi/action_command (the
+  simulator); stop = a zero action.
+Timing and stop logic live in defi_core.runtime (ChunkSchedule, SafetyLatch). The observation age
+is the age of the newest chunk's stamp (= its camera stamp): if the camera stops, no newer chunk
+comes and the executor stops within max_age_s + one control period. dry_run computes everything
+and publishes nothing to the robot. No inference here: the timer never waits for the model.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import List
+
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import TwistStamped
+from std_msgs.msg import Bool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from defi_core.runtime.chunk_schedule import ChunkSchedule, parse_limits
+from defi_core.runtime.outputs import (joint_positions, resolve_twist_axes, twist_components,
+                                       zero_action)
+from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
+from defi_msgs.msg import ActionChunk, PolicyStatus
+from defi_perception import qos
+from defi_perception.conversions import chunk_from_msg, chunk_to_msg, ns_to_stamp
+from defi_perception.node_base import CommonParams, DefiNode, run_node
+
+OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough')
+
+
+@dataclass
+class ChunkExecutorParams(CommonParams):
+    chunk_topic: str = 'defi/action_chunk'
+    output_mode: str = 'passthrough'
+    twist_topic: str = 'servo_node/delta_twist_cmds'
+    trajectory_topic: str = 'joint_trajectory_controller/joint_trajectory'
+    command_topic: str = 'defi/action_command'
+    enable_topic: str = 'defi/enable'
+    twist_frame_id: str = 'base_link'
+    # action component (name or index, '' = zero) for linear x, y, z and angular x, y, z
+    twist_axes: List[str] = field(default_factory=lambda: ['x', 'y', 'z', 'roll', 'pitch', 'yaw'])
+    linear_scale: float = 1.0
+    angular_scale: float = 1.0
+    joint_names: List[str] = field(default_factory=list)    # [] = the chunk's action names
+    action_min: List[float] = field(default_factory=list)   # one value or one per action; [] = none
+    action_max: List[float] = field(default_factory=list)
+    control_rate_hz: float = 10.0
+    max_age_s: float = 1.0
+    dry_run: bool = False
+    stop_when_exhausted: bool = True
+    start_enabled: bool = True
+
+
+class ChunkExecutorNode(DefiNode):
+    params_cls = ChunkExecutorParams
+    needs_policy = False
+
+    def __init__(self, node_name: str = 'chunk_executor', **kwargs):
+        kwargs.pop('policy', None)
+        super().__init__(node_name, **kwargs)
+        self._lock = threading.RLock()
+        self.schedule = ChunkSchedule()
+        self.latch = SafetyLatch(max(self.params.max_age_s, 1e-3))
+        self.enabled = bool(self.params.start_enabled)
+        self.commands_published = 0
+        self.chunks_received = 0
+        self.last_latency_ms = 0.0
+        self._limits_dim = None
+        self._last_dim = 0
+        self._last_names: tuple = ()
+        self._twist_axes = None
+
+    def setup(self) -> None:
+        p = self.params
+        if p.output_mode not in OUTPUT_MODES:
+            raise ValueError(f"parameter 'output_mode': {p.output_mode!r} is not one of {OUTPUT_MODES}")
+        if not p.control_rate_hz > 0:
+            raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
+        if not p.max_age_s > 0:
+            raise ValueError(f"parameter 'max_age_s': must be > 0, got {p.max_age_s}")
+        self.period_ns = int(1e9 / p.control_rate_hz)
+        if p.output_mode == 'twist':
+            self.cmd_pub = self.create_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
+        elif p.output_mode == 'joint_trajectory':
+            self.cmd_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, qos.RELIABLE)
+        else:
+            self.cmd_pub = self.create_publisher(ActionChunk, p.command_topic, qos.RELIABLE)
+        self.create_subscription(ActionChunk, p.chunk_topic, self.on_chunk, qos.RELIABLE,
+                                 callback_group=self.callbacks)
+        self.create_subscription(Bool, p.enable_topic, self.on_enable, qos.ENABLE,
+                                 callback_group=self.callbacks)
+        self.create_timer(1.0 / p.control_rate_hz, self.tick, callback_group=self.timer_group)
+
+    def on_deactivate(self, state):
+        self.stop(StopReason.DISABLED, force=True)
+        return super().on_deactivate(state)
+
+    def teardown(self) -> None:
+        if self._configured:
+            self.stop(StopReason.SHUTDOWN, force=True)
+
+    def fill_status(self, msg: PolicyStatus) -> None:
+        with self._lock:
+            msg.queue_depth = self.schedule.queue_depth()
+            msg.stale_steps_dropped = self.schedule.stale_steps_dropped
+            msg.stops_commanded = self.latch.stops_commanded
+            msg.chunk_ms = self.last_latency_ms
+            if self._state == PolicyStatus.STATE_RUNNING and not self.latch.running and \
+                    self.latch.reason is not None:
+                msg.state = PolicyStatus.STATE_STOPPED
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def on_enable(self, msg: Bool) -> None:
+        with self._lock:
+            self.enabled = bool(msg.data)
+            if not self.enabled:
+                self.stop(StopReason.CANCELED, force=True)
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        if not self.active:
+            return
+        topic = self.params.chunk_topic
+        try:
+            chunk = chunk_from_msg(msg)
+            self._check_limits(chunk.action_dim)
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{topic}: {exc}')
+            return
+        now = self.now_ns()
+        with self._lock:
+            if not self.enabled:
+                return
+            if not all_finite(chunk.actions):
+                self.report_error('non_finite_outputs', f'{topic}: chunk has non-finite values; stop')
+                self._last_dim, self._last_names = chunk.action_dim, chunk.names
+                self.stop(StopReason.NON_FINITE, force=True)
+                return
+            if self.latch.is_stale(now, chunk.stamp_ns):
+                self.report_error('stale_observations', f'{topic}: chunk observation is '
+                                  f'{(now - chunk.stamp_ns) * 1e-9:.3f} s old '
+                                  f'(max_age_s={self.params.max_age_s}); ignored')
+                return
+            if self.schedule.offer(chunk):
+                self.chunks_received += 1
+                self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
+                self._last_dim, self._last_names = chunk.action_dim, chunk.names
+
+    def _check_limits(self, action_dim: int) -> None:
+        if self._limits_dim == action_dim:
+            return
+        p = self.params
+        low = parse_limits(p.action_min, action_dim, 'action_min')
+        high = parse_limits(p.action_max, action_dim, 'action_max')
+        with self._lock:
+            self.schedule.low, self.schedule.high = low, high
+            self._limits_dim = action_dim
+
+    # ---- control loop -------------------------------------------------------------------------
+    def tick(self) -> None:
+        if not self.active:
+            return
+        now = self.now_ns()
+        with self._lock:
+            chunk = self.schedule.chunk
+            if not self.enabled or chunk is None:
+                return
+            if self.latch.is_stale(now, chunk.stamp_ns):
+                self.report_error('stale_observations', f'{self.params.chunk_topic}: newest observation '
+                                  f'is {(now - chunk.stamp_ns) * 1e-9:.3f} s old '
+                                  f'(max_age_s={self.params.max_age_s}); stop')
+                self.stop(StopReason.STALE_OBSERVATION)
+                return
+            step = self.schedule.step(now, lead_ns=self.period_ns // 2)
+            if step is None:
+                if self.schedule.exhausted() and self.params.stop_when_exhausted:
+                    self.stop(StopReason.CHUNK_EXHAUSTED)
+                return
+            if not all_finite(step.action):
+                self.report_error('non_finite_outputs', 'action step is not finite; stop')
+                self.stop(StopReason.NON_FINITE, force=True)
+                return
+            try:
+                command = self._command(step.action, chunk.names, chunk.dt_s, step.due_ns)
+            except ValueError as exc:
+                self.report_error('malformed_inputs', f'{self.params.chunk_topic}: {exc}')
+                self.stop(StopReason.MALFORMED)
+                return
+            self.latch.run()
+            self._publish(command)
+
+    def stop(self, reason: StopReason, force: bool = False) -> None:
+        """Command a stop (once per transition) and drop the current chunk."""
+        with self._lock:
+            self.schedule.clear()
+            if not self.latch.stop(reason, force=force):
+                return
+            self.get_logger().info(f'stop commanded: {reason.value}')
+            command = self._stop_command()
+            if command is not None:
+                self._publish(command)
+
+    def _publish(self, command) -> None:
+        if self.params.dry_run:
+            return
+        try:
+            self.cmd_pub.publish(command)
+            self.commands_published += 1
+        except Exception as exc:  # noqa: BLE001 - e.g. publishing after the context shut down
+            self.get_logger().warning(f'command not published: {exc}')
+
+    # ---- message building ---------------------------------------------------------------------
+    def _twist(self, values) -> TwistStamped:
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.params.twist_frame_id
+        (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
+         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = [float(v) for v in values]
+        return msg
+
+    def _command(self, action, names, dt_s, due_ns):
+        p = self.params
+        if p.output_mode == 'twist':
+            if self._twist_axes is None or self._twist_axes[0] != tuple(names):
+                self._twist_axes = (tuple(names), resolve_twist_axes(names, p.twist_axes, len(action)))
+            return self._twist(twist_components(action, self._twist_axes[1], p.linear_scale,
+                                                p.angular_scale))
+        if p.output_mode == 'joint_trajectory':
+            msg = JointTrajectory()
+            msg.joint_names = list(p.joint_names or names)
+            point = JointTrajectoryPoint()
+            point.positions = joint_positions(action, names, p.joint_names)
+            period = 1.0 / p.control_rate_hz
+            point.time_from_start = Duration(sec=int(period), nanosec=int((period % 1) * 1e9))
+            msg.points = [point]
+            return msg
+        return chunk_to_msg(action[None], due_ns, dt_s, names)
+
+    def _stop_command(self):
+        p = self.params
+        if p.output_mode == 'twist':
+            return self._twist([0.0] * 6)
+        if p.output_mode == 'joint_trajectory':
+            msg = JointTrajectory()      # no points: the controller holds its position
+            msg.joint_names = list(p.joint_names or self._last_names)
+            return msg
+        if self._last_dim == 0:
+            return None                  # nothing was ever commanded: nothing to stop
+        names = self._last_names or tuple(f'a{i}' for i in range(self._last_dim))
+        return chunk_to_msg(zero_action(self._last_dim)[None], self.now_ns(),
+                            1.0 / p.control_rate_hz, names)
+
+
+def main(args=None) -> None:
+    run_node(ChunkExecutorNode, args)
+
+
+if __name__ == '__main__':
+    main()

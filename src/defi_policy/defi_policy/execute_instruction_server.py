@@ -1,0 +1,146 @@
+"""ExecuteInstruction action server: a goal sets the task and runs the policy until success/timeout.
+
+Goal accepted -> publishes the instruction (latched) and enables the executor (defi/enable).
+Feedback: elapsed time, chunks executed (ActionChunks seen on defi/action_chunk since the goal
+started) and the last chunk latency (receive time - observation stamp).
+Succeeds when the success topic (std_msgs/Bool, default sim/success) reports true; aborts on
+timeout; on cancel (or at any end) it disables the executor, which commands a stop.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from std_msgs.msg import Bool, String
+
+from defi_msgs.action import ExecuteInstruction
+from defi_msgs.msg import ActionChunk
+from defi_perception import qos
+from defi_perception.conversions import stamp_to_ns
+from defi_perception.node_base import CommonParams, DefiNode, run_node
+
+
+@dataclass
+class ExecuteInstructionParams(CommonParams):
+    action_name: str = 'execute_instruction'
+    instruction_topic: str = 'instruction'
+    success_topic: str = 'sim/success'
+    chunk_topic: str = 'defi/action_chunk'
+    enable_topic: str = 'defi/enable'
+    default_timeout_s: float = 60.0
+    feedback_rate_hz: float = 2.0
+
+
+class ExecuteInstructionServer(DefiNode):
+    params_cls = ExecuteInstructionParams
+    needs_policy = False
+
+    def __init__(self, node_name: str = 'execute_instruction_server', **kwargs):
+        kwargs.pop('policy', None)
+        super().__init__(node_name, **kwargs)
+        self._lock = threading.Lock()
+        self._success = False
+        self._chunks = 0
+        self._latency_ms = 0.0
+        self._goal_seq = 0
+
+    def setup(self) -> None:
+        p = self.params
+        self.instruction_pub = self.create_publisher(String, p.instruction_topic, qos.INSTRUCTION)
+        self.enable_pub = self.create_publisher(Bool, p.enable_topic, qos.ENABLE)
+        self.create_subscription(Bool, p.success_topic, self.on_success, 10,
+                                 callback_group=self.callbacks)
+        self.create_subscription(ActionChunk, p.chunk_topic, self.on_chunk, qos.RELIABLE,
+                                 callback_group=self.callbacks)
+        self.server = ActionServer(self, ExecuteInstruction, p.action_name, self.execute,
+                                   goal_callback=self.on_goal, cancel_callback=self.on_cancel,
+                                   callback_group=self.callbacks)
+
+    def teardown(self) -> None:
+        server = getattr(self, 'server', None)
+        if server is not None:
+            server.destroy()
+            self.server = None
+
+    def on_success(self, msg: Bool) -> None:
+        if msg.data:
+            self._success = True
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        with self._lock:
+            self._chunks += 1
+            self._latency_ms = (self.now_ns() - stamp_to_ns(msg.header.stamp)) * 1e-6
+
+    def on_goal(self, goal) -> GoalResponse:
+        if not self.active:
+            self.report_error('other', f'{self.params.action_name}: goal rejected, server not active')
+            return GoalResponse.REJECT
+        if not goal.instruction.strip():
+            self.report_error('malformed_inputs', f'{self.params.action_name}: goal rejected: empty instruction')
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def on_cancel(self, goal_handle) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    def _set_enabled(self, enabled: bool) -> None:
+        self.enable_pub.publish(Bool(data=enabled))
+
+    def execute(self, goal_handle):
+        goal = goal_handle.request
+        with self._lock:
+            self._goal_seq += 1
+            seq = self._goal_seq          # a newer goal pre-empts this one
+            self._chunks, self._latency_ms, self._success = 0, 0.0, False
+        timeout = goal.timeout if goal.timeout > 0 else self.params.default_timeout_s
+        self.instruction_pub.publish(String(data=goal.instruction.strip()))
+        self._set_enabled(True)
+        result = ExecuteInstruction.Result()
+        start = time.monotonic()
+        period = 1.0 / max(self.params.feedback_rate_hz, 0.1)
+        try:
+            while True:
+                elapsed = time.monotonic() - start
+                if goal_handle.is_cancel_requested:
+                    self._set_enabled(False)
+                    goal_handle.canceled()
+                    result.error_code, result.message = result.ERROR_CANCELED, 'canceled'
+                    return result
+                if self._goal_seq != seq or not self.active:
+                    goal_handle.abort()
+                    result.error_code, result.message = result.ERROR_CANCELED, 'pre-empted'
+                    return result
+                if self._success:
+                    self._set_enabled(False)
+                    goal_handle.succeed()
+                    result.success, result.error_code = True, result.ERROR_NONE
+                    result.message = f'success after {elapsed:.1f} s'
+                    return result
+                if elapsed > timeout:
+                    self._set_enabled(False)
+                    goal_handle.abort()
+                    result.error_code = result.ERROR_TIMEOUT
+                    result.message = f'timeout after {timeout:.1f} s'
+                    return result
+                fb = ExecuteInstruction.Feedback()
+                fb.elapsed = float(elapsed)
+                with self._lock:
+                    fb.chunks_executed, fb.last_latency_ms = self._chunks, float(self._latency_ms)
+                goal_handle.publish_feedback(fb)
+                time.sleep(min(period, max(0.01, timeout - elapsed)))
+        except Exception as exc:  # noqa: BLE001 - the robot must stop whatever happened
+            self._set_enabled(False)
+            self.report_error('other', f'{self.params.action_name}: {type(exc).__name__}: {exc}')
+            goal_handle.abort()
+            result.error_code, result.message = result.ERROR_POLICY_FAILURE, str(exc)
+            return result
+
+
+def main(args=None) -> None:
+    run_node(ExecuteInstructionServer, args)
+
+
+if __name__ == '__main__':
+    main()

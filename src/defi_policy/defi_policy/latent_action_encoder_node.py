@@ -1,0 +1,103 @@
+"""Latent-action encoder node: ForwardFeatures -> GIDM latent actions (defi_msgs/LatentActions)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from defi_core.runtime.safety import all_finite
+from defi_core.runtime.worker import LatestWorker
+from defi_msgs.msg import ForwardFeatures, LatentActions, PolicyStatus
+from defi_perception import qos
+from defi_perception.conversions import features_from_msg, latent_to_msg, stamp_to_ns
+from defi_perception.node_base import CommonParams, DefiNode, run_node
+
+
+@dataclass
+class LatentEncoderParams(CommonParams):
+    features_topic: str = 'defi/forward_features'
+    latent_topic: str = 'defi/latent_actions'
+    frame_id: str = ''
+
+
+def check_features(feats: np.ndarray, cfg, topic: str) -> None:
+    """Features must be [T, N, C] with the checkpoint's T and C; errors name the topic and field."""
+    frames = int(getattr(cfg, 'feature_frames', cfg.num_future_frames))
+    if feats.ndim != 3 or feats.shape[0] != frames:
+        raise ValueError(f'{topic}: shape {list(feats.shape)} is not [T={frames}, N, C]')
+    dim = getattr(cfg, 'feature_dim', None)
+    if dim and feats.shape[2] != dim:
+        raise ValueError(f'{topic}: shape {list(feats.shape)} has C={feats.shape[2]}, '
+                         f'the checkpoint expects C={dim}')
+
+
+class LatentActionEncoderNode(DefiNode):
+    params_cls = LatentEncoderParams
+
+    def __init__(self, policy=None, node_name: str = 'latent_action_encoder', **kwargs):
+        super().__init__(node_name, policy=policy, **kwargs)
+        self.worker = None
+
+    def setup(self) -> None:
+        p = self.params
+        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
+                                 callback_group=self.callbacks)
+        self.latent_pub = self.create_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
+        self.worker = LatestWorker(self._compute, 'defi-latent', lambda exc: self.report_error(
+            'other', f'latent actions failed: {type(exc).__name__}: {exc}'))
+
+    def warm_up(self) -> None:
+        import torch
+        cfg = self.policy.cfg
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction(['warm up'])
+            feats = self.policy.forward_features(
+                torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
+            self.policy.latent_actions(feats, lang)
+
+    def teardown(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def fill_status(self, msg: PolicyStatus) -> None:
+        if self.worker is not None:
+            msg.dropped_frames = self.worker.dropped
+            msg.queue_depth = int(self.worker.busy)
+
+    def on_features(self, msg: ForwardFeatures) -> None:
+        if not self.active:
+            return
+        topic = self.params.features_topic
+        try:
+            feats = features_from_msg(msg)
+            check_features(feats, self.policy.cfg, topic)
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{topic}: {exc}' if topic not in str(exc) else str(exc))
+            return
+        if not msg.instruction.strip():
+            self.report_error('malformed_inputs', f'{topic}: empty instruction field')
+            return
+        self.worker.submit((stamp_to_ns(msg.header.stamp), feats, msg.instruction))
+
+    def _compute(self, item) -> None:
+        import torch
+        stamp, feats, instruction = item
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            lang = self.policy.encode_instruction([instruction])
+            codes, tokens = self.policy.latent_actions(torch.from_numpy(feats.copy())[None], lang)
+        tokens = tokens[0].float().cpu().numpy()
+        if not all_finite(tokens):
+            self.report_error('non_finite_outputs', 'latent actions: non-finite tokens; not published')
+            return
+        self.latent_pub.publish(latent_to_msg(codes[0].cpu().numpy(), tokens, stamp, self.params.frame_id))
+        self.counters.set(latent_ms=(time.perf_counter() - t0) * 1e3)
+
+
+def main(args=None) -> None:
+    run_node(LatentActionEncoderNode, args)
+
+
+if __name__ == '__main__':
+    main()
