@@ -1,0 +1,78 @@
+"""`defi-train gfdm|gidm|finetune`: run one training stage.
+
+    defi-train gfdm --config config/train_gfdm.yaml data.cache=data/cache steps=200 model.preset=tiny
+    defi-train gidm --config config/train_gidm.yaml data.cache=data/cache --out runs/gidm1
+    defi-train finetune --config config/train_finetune.yaml --gfdm runs/gfdm1/final --gidm runs/gidm1/final \
+        data.cache=data/labelled model.train_gfdm=true
+    defi-train gfdm --resume runs/gfdm1 [steps=400]     # continue exactly where the last checkpoint left off
+    torchrun --nproc_per_node 4 $(which defi-train) gfdm --config ...      # DDP (NCCL on GPU, gloo on CPU)
+
+Overrides are `key=value` with dotted keys of TrainConfig (see train_config.py); `model.<field>` sets
+any defi_core DefiConfig field, including the ablation switches gfdm_pretrained, gidm_pretrained,
+idm_type (gidm|mlp|transformer|none), train_gfdm and backbone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from defi_training.train_config import STAGES, ConfigError, load_train_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='defi-train', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('stage', choices=STAGES)
+    p.add_argument('--config', help='YAML file (config/train_<stage>.yaml); omitted = built-in defaults')
+    p.add_argument('--out', help='run directory (default runs/<stage>-<date>)')
+    p.add_argument('--resume', metavar='RUN_DIR', help='continue the run in RUN_DIR from its latest checkpoint')
+    p.add_argument('--gfdm', metavar='CKPT', help='finetune: GFDM stage export (e.g. runs/gfdm1/final)')
+    p.add_argument('--gidm', metavar='CKPT', help='finetune: GIDM stage export')
+    p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. steps=200 optim.lr=3e-4')
+    return p
+
+
+def resolve_config(args) -> tuple:
+    """(TrainConfig, resume_dir) from parsed arguments."""
+    overrides = list(args.overrides)
+    if args.gfdm:
+        overrides.append(f'gfdm_checkpoint={args.gfdm}')
+    if args.gidm:
+        overrides.append(f'gidm_checkpoint={args.gidm}')
+    if args.resume:
+        saved = Path(args.resume) / 'config.yaml'
+        if not saved.is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml there (not a defi-train run directory)')
+        if args.config:
+            raise ConfigError('--resume reads the run\'s own config.yaml; drop --config (overrides still apply)')
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ConfigError('--resume continues in the run directory; drop --out')
+        cfg = load_train_config(saved, stage=args.stage, overrides=overrides)
+        return cfg, args.resume
+    if args.out:
+        overrides.append(f'out_dir={args.out}')
+    return load_train_config(args.config, stage=args.stage, overrides=overrides), None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, resume = resolve_config(args)
+    except ConfigError as err:
+        print(f'defi-train: {err}', file=sys.stderr)
+        return 2
+    from defi_training.train import train
+    try:
+        export = train(cfg, resume=resume)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f'defi-train: {err}', file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(export)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
