@@ -1,0 +1,161 @@
+"""Video-file source (mp4 / webm / avi / mkv / mov via PyAV): action-free episodes, one per file.
+
+The instruction of a file comes from a sidecar: `<name>.json` ({"instruction": ...} or {"task": ...}),
+`<name>.txt`, or a CSV in the same folder (instructions.csv / tasks.csv / metadata.csv with a file
+column `file`/`filename`/`video`/`path` and a text column `instruction`/`task`/`text`); else the
+data config's task.default. Frames are resampled to the config's fps with the as-of rule on the
+frames' presentation times.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from defi_core.image_codec import resize_image
+from defi_core.timesync import asof_indices, fixed_rate_times
+
+from ..topic_map import TopicMap
+from . import Episode, Report
+
+__all__ = ['read_video', 'video_instruction', 'decode_video', 'write_video', 'probe_video']
+
+_CSV_NAMES = ('instructions.csv', 'tasks.csv', 'metadata.csv')
+_FILE_COLS = ('file', 'filename', 'video', 'path')
+_TEXT_COLS = ('instruction', 'task', 'text')
+
+
+def video_instruction(path: Path) -> str | None:
+    """The sidecar instruction of a video file, or None."""
+    js = path.with_suffix('.json')
+    if js.is_file():
+        try:
+            d = json.loads(js.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f'sidecar {js}: invalid JSON: {exc}') from exc
+        if isinstance(d, dict):
+            for key in _TEXT_COLS:
+                if isinstance(d.get(key), str):
+                    return d[key]
+        elif isinstance(d, str):
+            return d
+    txt = path.with_suffix('.txt')
+    if txt.is_file():
+        return txt.read_text().strip()
+    for name in _CSV_NAMES:
+        cp = path.parent / name
+        if not cp.is_file():
+            continue
+        with cp.open(newline='') as f:
+            for row in csv.DictReader(f):
+                row = {(k or '').strip().lower(): (v or '') for k, v in row.items()}
+                fcol = next((c for c in _FILE_COLS if c in row), None)
+                tcol = next((c for c in _TEXT_COLS if c in row), None)
+                if fcol is None or tcol is None:
+                    raise ValueError(f'sidecar {cp}: needs a file column ({"/".join(_FILE_COLS)}) and a text '
+                                     f'column ({"/".join(_TEXT_COLS)})')
+                ref = row[fcol].strip()
+                if ref in (path.name, path.stem) or Path(ref).name == path.name:
+                    return row[tcol].strip()
+    return None
+
+
+def probe_video(path: str | Path) -> dict:
+    """Container facts without decoding: frames, fps, duration, size, codec."""
+    import av
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise ValueError('no video stream')
+        s = c.streams.video[0]
+        fps = float(s.average_rate) if s.average_rate else 0.0
+        dur = float(s.duration * s.time_base) if s.duration else (float(c.duration) / 1e6 if c.duration else 0.0)
+        return {'frames': int(s.frames), 'fps': fps, 'duration_s': dur, 'width': s.codec_context.width,
+                'height': s.codec_context.height, 'codec': s.codec_context.name}
+
+
+def decode_video(path: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All frames of the first video stream: (uint8 [N, H, W, 3], float64 times in seconds).
+
+    Resizing happens in libswscale (area filter) while decoding, so full-size frames never pile up.
+    """
+    import av
+    frames = []
+    times = []
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise ValueError('no video stream')
+        s = c.streams.video[0]
+        s.thread_type = 'AUTO'
+        for i, fr in enumerate(c.decode(s)):
+            t = fr.time if fr.time is not None else (i / float(s.average_rate or 30))
+            if size is not None:
+                img = fr.reformat(width=size, height=size, format='rgb24', interpolation='AREA').to_ndarray()
+            else:
+                img = fr.to_ndarray(format='rgb24')
+            frames.append(img)
+            times.append(float(t))
+    if not frames:
+        return np.zeros((0, size or 1, size or 1, 3), np.uint8), np.zeros(0)
+    times = np.asarray(times)
+    order = np.argsort(times, kind='stable')
+    return np.stack(frames)[order], times[order]
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = 'libx264',
+                crf: int = 18, pix_fmt: str = 'yuv420p') -> None:
+    """uint8 [N, H, W, 3] -> a video file (h264 mp4 by default; libvpx-vp9 for webm, mpeg4 for avi)."""
+    import av
+    from fractions import Fraction
+    frames = np.asarray(frames, np.uint8)
+    n, h, w, _ = frames.shape
+    if codec in ('libx264', 'h264') and (h % 2 or w % 2):
+        raise ValueError(f'{path}: h264 with yuv420p needs even frame sizes, got {w}x{h}')
+    rate = Fraction(fps).limit_denominator(1000)
+    with av.open(str(path), mode='w') as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        if codec in ('libx264', 'h264'):
+            s.options = {'crf': str(crf), 'preset': 'veryfast', 'g': '30'}
+        for img in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+def read_video(path: str | Path, tm: TopicMap, report: Report, camera: str | None = None) -> Iterator[Episode]:
+    """One action-free episode from one video file; unreadable files are skipped and reported."""
+    path = Path(path)
+    cam = camera or next(iter(tm.cameras))
+    try:
+        task = video_instruction(path)
+    except (OSError, ValueError) as exc:
+        report.skip(path, str(exc))
+        return
+    try:
+        frames, times = decode_video(path, tm.image_size)
+    except Exception as exc:  # av.error.* (corrupt/unsupported), OSError
+        report.skip(path, f'unreadable video: {type(exc).__name__}: {exc}')
+        return
+    if frames.shape[0] == 0:
+        report.skip(path, 'empty episode: the video has no frames')
+        return
+    t_ns = np.round(times * 1e9).astype(np.int64)
+    q = fixed_rate_times(int(t_ns[0]), int(t_ns[-1]), tm.fps)
+    idx = asof_indices(t_ns, q, int(tm.max_age_s * 1e9))
+    keep = idx >= 0
+    if keep.sum() < tm.min_episode_frames:
+        report.skip(path, f'empty episode: {int(keep.sum())} frame(s) at {tm.fps} fps, '
+                          f'fewer than min_episode_frames={tm.min_episode_frames}')
+        return
+    q, idx = q[keep], idx[keep]
+    out = frames[idx]
+    if tm.image_size is not None and out.shape[1:3] != (tm.image_size, tm.image_size):
+        out = resize_image(out, tm.image_size, tm.image_size)
+    yield Episode(source=str(path), frames={cam: out}, timestamps=(q - q[0]) / 1e9,
+                  task=task if task is not None else tm.task.default,
+                  extra={'clock': {'video': 'pts'}, 'start_time_ns': int(q[0]),
+                         'dropped_frames': int((~keep).sum()), 'name': path.name})
