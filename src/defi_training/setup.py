@@ -19,6 +19,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'defi-train = defi_training.train_cli:main',
         ],
     },
 )
