@@ -1,0 +1,183 @@
+"""defi_sim_node through real rclpy: image size and rate, commands move the arm, lockstep, reset."""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+
+from defi_msgs.msg import ActionChunk  # noqa: E402
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from defi_sim.sim_node import SimNode  # noqa: E402
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def ns(stamp):
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+class Probe:
+    """A test node that records what the sim publishes and sends it commands."""
+
+    def __init__(self, context, cameras=('front',)):
+        self.node = rclpy.create_node('sim_probe', context=context)
+        self.images = {c: [] for c in cameras}
+        self.image_times = {c: [] for c in cameras}
+        for cam in cameras:
+            # best effort, like a sensor-data subscriber on a robot: must work with the sim's QoS
+            self.node.create_subscription(
+                Image, f'camera/{cam}/image_raw',
+                lambda m, cam=cam: (self.images[cam].append(m), self.image_times[cam].append(time.monotonic())),
+                BEST_EFFORT)
+        self.poses, self.joints, self.states, self.success, self.clock, self.instructions = [], [], [], [], [], []
+        self.node.create_subscription(PoseStamped, 'sim/ee_pose', self.poses.append, RELIABLE)
+        self.node.create_subscription(JointState, 'joint_states', self.joints.append, RELIABLE)
+        self.node.create_subscription(JointState, 'sim/task_state', self.states.append, RELIABLE)
+        self.node.create_subscription(Bool, 'sim/success', self.success.append, RELIABLE)
+        self.node.create_subscription(Clock, '/clock', self.clock.append, RELIABLE)
+        self.node.create_subscription(String, 'instruction', self.instructions.append, LATCHED)
+        self.chunk_pub = self.node.create_publisher(ActionChunk, 'defi/action_command', RELIABLE)
+        self.twist_pub = self.node.create_publisher(TwistStamped, 'servo_node/delta_twist_cmds', RELIABLE)
+        self.reset_client = self.node.create_client(Trigger, 'sim/reset')
+
+    def send_chunk(self, action, stamp_ns):
+        msg = ActionChunk()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        msg.horizon, msg.action_dim, msg.dt = 1, 4, 0.025
+        msg.data = [float(a) for a in action]
+        self.chunk_pub.publish(msg)
+
+
+def make(ros_context, **params):
+    sim = SimNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    probe = Probe(ros_context, cameras=[c.split('=')[0] for c in sim.config.cameras])
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(sim)
+    executor.add_node(probe.node)
+    return sim, probe, executor
+
+
+def test_realtime_images_rate_and_commands(ros_context, spin):
+    sim, probe, executor = make(ros_context, task='reach-v3', seed=1, mode='realtime',
+                                image_width=64, image_height=48, steps_per_observation=4,
+                                cameras=['front=corner', 'wrist=gripperPOV'])
+    try:
+        assert spin(executor, lambda: len(probe.images['front']) >= 3 and probe.instructions, 10.0)
+        assert probe.instructions[-1].data == 'reach the goal position'
+        # rate: one observation per 4 control steps of 12.5 ms = 20 Hz
+        n0, t0 = len(probe.images['front']), time.monotonic()
+        spin(executor, lambda: time.monotonic() - t0 > 2.0, 3.0)
+        rate = (len(probe.images['front']) - n0) / (time.monotonic() - t0)
+        assert 10.0 <= rate <= 24.0, f'{rate:.1f} Hz, expected ~20 Hz'
+        for cam in ('front', 'wrist'):
+            img = probe.images[cam][-1]
+            assert (img.height, img.width, img.encoding, img.step) == (48, 64, 'rgb8', 64 * 3)
+            assert len(img.data) == 48 * 64 * 3 and img.header.frame_id == cam
+        assert probe.joints[-1].name[:2] == ['right_j0', 'right_j1']
+        assert len(probe.states[-1].position) == 39 and probe.clock
+
+        # TwistStamped +y at 0.2 m/s moves the hand along +y (zero-order hold between commands)
+        y0 = probe.poses[-1].pose.position.y
+        twist = TwistStamped()
+        twist.twist.linear.y = 0.2
+        probe.twist_pub.publish(twist)
+        t0 = time.monotonic()
+        spin(executor, lambda: time.monotonic() - t0 > 0.8, 2.0)
+        dy = probe.poses[-1].pose.position.y - y0
+        assert dy > 0.03, dy
+        # ActionChunk row 0 = [dx, dy, dz, gripper]: -z moves it down
+        z0 = probe.poses[-1].pose.position.z
+        probe.send_chunk([0.0, 0.0, -1.0, 0.0], time.time_ns())
+        t0 = time.monotonic()
+        spin(executor, lambda: time.monotonic() - t0 > 0.6, 2.0)
+        assert probe.poses[-1].pose.position.z - z0 < -0.03
+    finally:
+        sim.destroy_node()
+
+
+def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin):
+    sim, probe, executor = make(ros_context, task='push-v3', seed=4, mode='lockstep',
+                                image_width=32, image_height=32, steps_per_observation=2,
+                                lockstep_timeout_s=1.0)
+    try:
+        assert spin(executor, lambda: probe.reset_client.service_is_ready()
+                    and sim.state_pub.get_subscription_count() >= 1
+                    and probe.chunk_pub.get_subscription_count() >= 1, 10.0)
+
+        def episode(seed, commands):
+            """Reset to `seed` through the service, then answer each observation with a command."""
+            sim.set_parameters([Parameter('seed', value=seed)])
+            future = probe.reset_client.call_async(Trigger.Request())
+            assert spin(executor, future.done, 10.0) and future.result().success
+            assert future.result().message == f'push-v3 seed {seed}'
+            probe.states.clear()
+            probe.poses.clear()
+            assert spin(executor, lambda: probe.states, 5.0)
+            stamps = [ns(probe.states[0].header.stamp)]
+            timeouts = sim.lockstep_timeouts
+            for i, action in enumerate(commands):
+                probe.send_chunk(action, stamps[-1])
+                assert spin(executor, lambda: len(probe.states) > i + 1, 5.0)
+                stamps.append(ns(probe.states[-1].header.stamp))
+            assert sim.lockstep_timeouts == timeouts  # every step came from a command
+            spin(executor, lambda: False, 0.1)
+            return np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z]
+                             for p in probe.poses]), np.array(stamps)
+
+        rng = np.random.default_rng(0)
+        commands = rng.uniform(-1, 1, size=(15, 4))
+        poses_a, stamps_a = episode(11, commands)
+        # sim time advances exactly steps_per_observation * 12.5 ms per command
+        np.testing.assert_array_equal(np.diff(stamps_a), 25_000_000)
+        poses_b, stamps_b = episode(11, commands)
+        np.testing.assert_allclose(poses_a, poses_b, atol=1e-9)
+        assert stamps_b[0] > stamps_a[-1]  # the sim clock never goes back across resets
+
+        # a command stamped before the current observation does not step the sim ...
+        n, timeouts = len(probe.states), sim.lockstep_timeouts
+        probe.send_chunk([0, 0, 0, 0], ns(probe.states[-1].header.stamp) - 1)
+        spin(executor, lambda: len(probe.states) > n, 0.3)
+        assert len(probe.states) == n
+        # ... but the watchdog steps with the held command after lockstep_timeout_s
+        assert spin(executor, lambda: len(probe.states) > n, 3.0)
+        assert sim.lockstep_timeouts == timeouts + 1
+
+        # Trigger without new parameters: the next seed; a task parameter switches the task
+        sim.set_parameters([Parameter('task', value='reach')])
+        future = probe.reset_client.call_async(Trigger.Request())
+        assert spin(executor, future.done, 10.0)
+        assert future.result().message == 'reach-v3 seed 12'
+        assert spin(executor, lambda: probe.instructions and probe.instructions[-1].data == 'reach the goal position', 5.0)
+        result = sim.set_parameters([Parameter('task', value='fly-away')])[0]
+        assert not result.successful and 'unknown Meta-World' in result.reason
+    finally:
+        sim.destroy_node()
+
+
+def test_bad_commands_are_rejected(ros_context, spin):
+    sim, probe, executor = make(ros_context, task='reach-v3', mode='realtime', image_width=16,
+                                image_height=16, steps_per_observation=8)
+    try:
+        assert spin(executor, lambda: probe.chunk_pub.get_subscription_count() >= 1, 10.0)
+        msg = ActionChunk()
+        msg.horizon, msg.action_dim, msg.data = 1, 3, [1.0, 1.0, 1.0]
+        probe.chunk_pub.publish(msg)
+        probe.send_chunk([float('nan'), 0, 0, 0], 0)
+        spin(executor, lambda: False, 0.3)
+        np.testing.assert_array_equal(sim.command, np.zeros(4))
+        probe.send_chunk([2.0, -0.5, 0, 1], 0)
+        assert spin(executor, lambda: sim.command[0] == 1.0, 2.0)  # clipped to [-1, 1]
+    finally:
+        sim.destroy_node()
