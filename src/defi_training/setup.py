@@ -20,6 +20,7 @@ setup(
     entry_points={
         'console_scripts': [
             'defi-train = defi_training.train_cli:main',
+            'defi-data = defi_training.data_cli:main',
         ],
     },
 )
