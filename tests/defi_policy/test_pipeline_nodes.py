@@ -1,0 +1,166 @@
+"""The composed pipeline with real rclpy nodes and real messages (tiny random-weight policy)."""
+import math
+import time
+
+import numpy as np
+import pytest
+
+from defi_ros_testkit import ACTION_DIM, Probe, image_msg, make_executor, params, shutdown
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def pipeline(ros_context, tiny_policy):
+    """Bringup's nodes (shared policy) + a probe; yields (probe, executor, nodes)."""
+    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from defi_perception import qos
+    from defi_policy.bringup import build_nodes, start_nodes
+
+    overrides = params(status_rate_hz=10.0, preview_rate_hz=2.0, preview_steps=2, max_age_s=0.6,
+                       control_rate_hz=10.0)
+    nodes = build_nodes(tiny_policy, with_action_server=False, context=ros_context,
+                        parameter_overrides=overrides)
+    probe = Probe(ros_context)
+    for t, topic, q in ((ActionChunk, 'defi/action_chunk', qos.RELIABLE),
+                        (ActionChunk, 'defi/action_command', qos.RELIABLE),
+                        (ForwardFeatures, 'defi/forward_features', qos.FEATURES),
+                        (LatentActions, 'defi/latent_actions', qos.RELIABLE),
+                        (Image, 'defi/predicted_frames', qos.BEST_EFFORT),
+                        (PolicyStatus, 'defi/status', qos.BEST_EFFORT)):
+        probe.listen(t, topic, q)
+    probe.publisher(Image, 'camera/image_raw', qos.SENSOR)
+    probe.publisher(String, 'instruction', qos.INSTRUCTION)
+    assert start_nodes(nodes) == []
+    ex = make_executor(ros_context, nodes + [probe.node])
+    yield probe, ex, nodes
+    shutdown(ex, nodes + [probe.node])
+
+
+def feed(probe, ex, spin, seconds, rate_hz=10.0, stop_when=None, make=None):
+    """Publish camera frames at rate_hz while spinning; returns the stamps sent."""
+    stamps = []
+    end = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < end:
+        stamp = probe.now()
+        probe.pubs['camera/image_raw'].publish((make or image_msg)(stamp, seed=k))
+        stamps.append(stamp.sec * 10**9 + stamp.nanosec)
+        k += 1
+        spin(ex, lambda: False, timeout_s=1.0 / rate_hz)
+        if stop_when is not None and stop_when():
+            break
+    return stamps
+
+
+def test_composed_pipeline_publishes_chunk_with_shape_and_observation_stamp(pipeline, spin,
+                                                                             tiny_policy):
+    from std_msgs.msg import String
+    probe, ex, nodes = pipeline
+    probe.pubs['instruction'].publish(String(data='press the button'))
+    stamps = feed(probe, ex, spin, 8.0, stop_when=lambda: len(probe.msgs('defi/action_chunk')) >= 3
+                  and probe.msgs('defi/predicted_frames'))
+    chunks = probe.msgs('defi/action_chunk')
+    assert len(chunks) >= 3
+    cfg = tiny_policy.cfg
+    c = chunks[-1]
+    assert (c.horizon, c.action_dim) == (cfg.horizon, ACTION_DIM)
+    assert len(c.data) == cfg.horizon * ACTION_DIM and len(c.names) == ACTION_DIM
+    assert c.instruction == 'press the button' and c.dt == pytest.approx(0.1)
+    # stamped at the observation (camera) time, not at publish time
+    assert c.header.stamp.sec * 10**9 + c.header.stamp.nanosec in stamps
+    feats = probe.msgs('defi/forward_features')[-1]
+    assert list(feats.shape)[0] == cfg.num_future_frames and len(feats.frame_offsets) == cfg.num_future_frames
+    lat = probe.msgs('defi/latent_actions')[-1]
+    assert list(lat.token_shape)[0] == cfg.num_action_queries
+    # the executor passes each due step on as a horizon-1 chunk
+    spin(ex, lambda: probe.msgs('defi/action_command'), timeout_s=3)
+    cmd = probe.msgs('defi/action_command')[-1]
+    assert cmd.horizon == 1 and cmd.action_dim == ACTION_DIM and all(map(math.isfinite, cmd.data))
+    # predicted frames strip: now | t+1 ... t+T
+    strip = probe.msgs('defi/predicted_frames')[-1]
+    assert (strip.height, strip.width, strip.encoding) == (64, 64 * (cfg.num_future_frames + 1), 'rgb8')
+    spin(ex, lambda: all(probe.status_of(n.get_name()) for n in nodes), timeout_s=3)
+    for n in nodes:
+        st = probe.status_of(n.get_name())
+        assert st is not None and st.errors_total == 0, (n.get_name(), st and st.last_error)
+    assert probe.status_of('action_decoder').decode_ms > 0
+
+
+def test_malformed_inputs_are_counted_and_never_reach_the_robot(pipeline, spin):
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
+    from defi_perception import qos
+    probe, ex, nodes = pipeline
+    comp = probe.publisher(CompressedImage, 'camera/image_raw/compressed', qos.SENSOR)  # noqa: F841
+    probe.pubs['instruction'].publish(String(data='   '))       # empty instruction
+    spin(ex, lambda: False, timeout_s=0.3)
+
+    def bad(stamp, seed=0):
+        kind = seed % 3
+        msg = image_msg(stamp, seed=seed)
+        if kind == 0:
+            msg.encoding = 'yuv422'                   # unknown encoding
+        elif kind == 1:
+            msg.data = bytes(msg.data)[:1000]         # truncated data
+        else:
+            msg.height = 128                          # wrong size for the data
+        return msg
+    feed(probe, ex, spin, 1.5, make=bad)
+    spin(ex, lambda: (probe.status_of('forward_predictor') or 0) and
+         probe.status_of('forward_predictor').malformed_inputs >= 4, timeout_s=3)
+    st = probe.status_of('forward_predictor')
+    assert st.malformed_inputs >= 4 and st.errors_total >= 4
+    assert 'camera/image_raw' in st.last_error or 'instruction' in st.last_error
+    assert probe.msgs('defi/action_chunk') == [] and probe.msgs('defi/action_command') == []
+    # still running: a good image and a real instruction produce commands
+    probe.pubs['instruction'].publish(String(data='open the drawer'))
+    feed(probe, ex, spin, 6.0, stop_when=lambda: probe.msgs('defi/action_command'))
+    assert probe.msgs('defi/action_command')
+
+
+def test_camera_that_stops_leads_to_a_stop_command(pipeline, spin):
+    from std_msgs.msg import String
+    probe, ex, nodes = pipeline
+    probe.pubs['instruction'].publish(String(data='reach the goal'))
+    feed(probe, ex, spin, 8.0, stop_when=lambda: len(probe.msgs('defi/action_command')) >= 3)
+    assert probe.msgs('defi/action_command')
+    last_frame = time.monotonic()
+    n_before = len(probe.msgs('defi/action_command'))
+
+    def stopped():
+        return any(all(v == 0.0 for v in m.data) for m in probe.msgs('defi/action_command')[n_before:])
+    assert spin(ex, stopped, timeout_s=3.0)
+    idx = next(i for i, m in enumerate(probe.got['defi/action_command'][n_before:])
+               if all(v == 0.0 for v in m.data))
+    t_stop = probe.times['defi/action_command'][n_before + idx]
+    # max_age_s (0.6) + one control period (0.1) + scheduling slack on a busy 2-core machine
+    assert t_stop - last_frame < 0.6 + 0.1 + 0.25
+    spin(ex, lambda: probe.status_of('chunk_executor').stops_commanded >= 1, timeout_s=2)
+    assert probe.status_of('chunk_executor').stale_observations >= 1
+
+
+def test_nan_in_model_output_commands_a_stop(pipeline, spin, tiny_policy, monkeypatch):
+    from std_msgs.msg import String
+    probe, ex, nodes = pipeline
+    probe.pubs['instruction'].publish(String(data='push the puck'))
+    feed(probe, ex, spin, 8.0, stop_when=lambda: len(probe.msgs('defi/action_command')) >= 2)
+    real = tiny_policy.decode_actions
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out[..., 0, 1] = float('nan')
+        return out
+    monkeypatch.setattr(tiny_policy, 'decode_actions', poisoned)
+    n_before = len(probe.msgs('defi/action_command'))
+    feed(probe, ex, spin, 4.0, stop_when=lambda: any(
+        all(v == 0.0 for v in m.data) for m in probe.msgs('defi/action_command')[n_before:]))
+    after = probe.msgs('defi/action_command')[n_before:]
+    assert any(all(v == 0.0 for v in m.data) for m in after), 'no stop command'
+    assert all(all(map(math.isfinite, m.data)) for m in probe.msgs('defi/action_command'))
+    spin(ex, lambda: probe.status_of('chunk_executor').non_finite_outputs >= 1, timeout_s=2)
+    assert probe.status_of('chunk_executor').non_finite_outputs >= 1
+    spin(ex, lambda: probe.status_of('action_decoder').non_finite_outputs >= 1, timeout_s=2)
+    assert probe.status_of('action_decoder').non_finite_outputs >= 1
