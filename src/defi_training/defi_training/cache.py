@@ -92,7 +92,8 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
         for ep in episodes:
             problem = _check_episode(ep, ref)
             if problem:
-                report.skip(ep.source + (f" ({ep.extra.get('name')})" if ep.extra.get('name') else ''), problem)
+                name = str(ep.extra.get('name') or '')
+                report.skip(ep.source if not name or ep.source.endswith(name) else f'{ep.source} ({name})', problem)
                 continue
             if ref is None:
                 first_cam = next(iter(ep.frames.values()))

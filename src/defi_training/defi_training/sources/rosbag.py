@@ -402,6 +402,8 @@ def _episodes(path: Path, tm: TopicMap, streams: dict, info: dict, report: Repor
             sv = np.asarray(values['success'], dtype=bool)
             sel = (st >= start) & (st <= end + max_age)
             success = bool(sv[sel].any())
+        elif str((info.get('custom') or {}).get('success', '')).lower() in ('true', 'false'):
+            success = info['custom']['success'].lower() == 'true'
         for si, rows in enumerate(segs):
             seg_where = where if len(segs) == 1 else f'{where} segment {si}'
             if rows.size < tm.min_episode_frames:

@@ -1,0 +1,137 @@
+"""`defi-data`: inspect inputs, build the episode cache, convert to LeRobot v3.
+
+    defi-data inspect PATH [PATH ...] [--json]
+    defi-data build-cache PATH [PATH ...] --out DIR [--config config/data_metaworld.yaml] [--set key=value ...]
+    defi-data convert --to lerobot PATH [PATH ...] --out DIR [--config ...] [--set ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .topic_map import load_topic_map
+
+__all__ = ['main']
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--config', help='data config YAML (topic map); default: built-in defaults')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a config field, e.g. --set fps=5 --set action.source=none (repeatable)')
+    p.add_argument('--image-size', type=int, help='shortcut for --set image_size=N')
+    p.add_argument('--camera', help='camera name for video files (default: the first camera in the config)')
+    p.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
+
+
+def _split_overrides(args) -> None:
+    """`key=value` words among the paths are config overrides (the train CLI's style)."""
+    paths, extra = [], []
+    for p in args.paths:
+        (extra if '=' in p and not Path(p).exists() else paths).append(p)
+    args.paths = paths
+    if hasattr(args, 'overrides'):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        raise ValueError(f'unexpected override(s) {extra}')
+    if not paths:
+        raise ValueError('no input path given')
+
+
+def _topic_map(args):
+    overrides = list(args.overrides)
+    if args.image_size:
+        overrides.append(f'image_size={args.image_size}')
+    return load_topic_map(args.config, overrides)
+
+
+def _cmd_inspect(args) -> int:
+    from .inspect import format_inspection, inspect_path
+    results = [inspect_path(p) for p in args.paths]
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            format_inspection(r, sys.stdout)
+    return 1 if any('error' in r for r in results) else 0
+
+
+def _cmd_build_cache(args) -> int:
+    from .cache import build_cache
+    from .sources import Report
+    tm = _topic_map(args)
+    report = Report()
+    t0 = time.perf_counter()
+    cache = build_cache(args.paths, args.out, tm, report=report, overwrite=args.overwrite,
+                        video_camera=args.camera)
+    dt = time.perf_counter() - t0
+    print(f'wrote {cache.path}: {report.summary()} in {dt:.1f} s '
+          f'({report.frames / max(dt, 1e-9):.0f} frames/s); cameras {cache.cameras}, '
+          f"image {cache.meta['image_size']}, state {cache.meta['state_dim']}, action {cache.meta['action_dim']}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .cache import EpisodeCache
+    from .sources import Report, detect_kind, iter_episodes
+    from .sources.lerobot import episodes_from_cache, write_lerobot
+    if args.to != 'lerobot':
+        print(f'defi-data convert: unknown target {args.to!r} (only lerobot)', file=sys.stderr)
+        return 2
+    report = Report()
+    if len(args.paths) == 1 and detect_kind(args.paths[0]) == 'cache':
+        cache = EpisodeCache(args.paths[0])
+        eps = episodes_from_cache(cache)
+        fps = cache.fps
+    else:
+        tm = _topic_map(args)
+        eps = iter_episodes(args.paths, tm, report, video_camera=args.camera)
+        fps = tm.fps
+    out = write_lerobot(eps, args.out, fps=fps, overwrite=args.overwrite, report=report,
+                        robot_type=args.robot_type)
+    print(f'wrote LeRobot v3 dataset {out}: {report.summary()}')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='defi-data', description=__doc__.split('\n')[0])
+    sub = ap.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('inspect', help='print topics, types, counts, rates, durations and gaps')
+    p.add_argument('paths', nargs='+')
+    p.add_argument('--json', action='store_true', help='machine-readable output')
+    p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser('build-cache', help='bags / videos / LeRobot datasets -> episode cache for training')
+    p.add_argument('paths', nargs='+')
+    p.add_argument('--out', required=True, help='cache folder to create')
+    _config_args(p)
+    p.set_defaults(func=_cmd_build_cache)
+    p = sub.add_parser('convert', help='export bags / videos / a cache as a LeRobot v3 dataset')
+    p.add_argument('paths', nargs='+')
+    p.add_argument('--to', required=True, choices=['lerobot'])
+    p.add_argument('--out', required=True)
+    p.add_argument('--robot-type', default=None)
+    _config_args(p)
+    p.set_defaults(func=_cmd_convert)
+    return ap
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    # paths and key=value overrides may come before or after the options
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if r.startswith('-')]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.paths = list(args.paths) + rest
+    try:
+        _split_overrides(args)
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f'defi-data {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
