@@ -90,11 +90,14 @@ def main(argv=None) -> int:
 
     import torch
     torch.set_num_threads(max(1, args.threads))
-    from defi_sim.evaluate import load_eval_policy, run_inprocess, run_ros, write_pictures
+    from defi_sim.evaluate import (checkpoint_chunk_dt, load_eval_policy, run_inprocess, run_ros,
+                                   write_pictures)
     from defi_training.evaluation import results_markdown, summarize, write_results
 
     out = Path(args.out)
     start = time.monotonic()
+    if Path(args.checkpoint, 'config.json').is_file():
+        config = dataclasses.replace(config, action_dt_s=checkpoint_chunk_dt(args.checkpoint, config))
     if args.mode == 'inprocess':
         try:
             policy = load_eval_policy(args.checkpoint, device=args.device)
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
     else:
         try:
             episodes, pictures, policy_cfg = run_ros(args.checkpoint, config, threads=args.threads,
-                                                     episode_timeout_s=args.episode_timeout_s)
+                                                     episode_timeout_s=args.episode_timeout_s,
+                                                     work_dir=out / 'ros_logs')
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             print(f'defi-eval: {err}', file=sys.stderr)
             return 2
