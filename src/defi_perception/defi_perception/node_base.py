@@ -130,8 +130,13 @@ class DefiNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False
-        self.teardown()
+        self._teardown_once()
         return TransitionCallbackReturn.SUCCESS
+
+    def _teardown_once(self) -> None:
+        if not getattr(self, '_torn_down', False):
+            self._torn_down = True
+            self.teardown()
 
     def start(self) -> bool:
         """configure + activate; False (and the reason in the status) if configure failed."""
@@ -142,7 +147,7 @@ class DefiNode(LifecycleNode):
     def destroy_node(self):
         self.active = False
         try:
-            self.teardown()
+            self._teardown_once()
         finally:
             super().destroy_node()
 

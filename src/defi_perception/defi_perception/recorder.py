@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
+import rclpy.exceptions
 import rclpy.executors
 import rclpy.utilities
 from rclpy.node import Node
@@ -168,7 +169,10 @@ class RecorderNode(Node):
                 self.declare_parameter(name, value)
         values = {}
         for name in vars(defaults):
-            value = self.get_parameter(name).value
+            try:
+                value = self.get_parameter(name).value
+            except rclpy.exceptions.ParameterUninitializedException:
+                value = None  # `topics` has no default: checked by the caller
             values[name] = list(value or []) if name == 'topics' else value
         self.config = RecorderConfig(**values)
         if self.config.stamp_source not in ('receive', 'header'):
