@@ -105,7 +105,8 @@ def to_device(batch: dict, device: torch.device, stage: str) -> dict:
 
 
 def build_model_config(cfg: TrainConfig, cache):
-    """defi_core DefiConfig = preset + model.* overrides + shapes taken from the cache."""
+    """defi_core DefiConfig = preset + model.* overrides + shapes taken from the cache.
+    Returns (DefiConfig, the model section as resolved, for run_dir/config.yaml)."""
     from defi_core.config import DefiConfig, preset
     overrides = dict(cfg.model)
     name = overrides.pop('preset', 'tiny')
@@ -135,7 +136,7 @@ def build_model_config(cfg: TrainConfig, cache):
                                   f'{cfg.data.cache} ({key}={value!r})')
     overrides.update(derived)
     try:
-        return preset(name, **overrides)
+        return preset(name, **overrides), {'preset': name, **overrides, 'cameras': list(overrides['cameras'])}
     except (ValueError, TypeError) as err:
         raise ConfigError(f'model config: {err}') from None
 
@@ -376,7 +377,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
 
     # --- data ---------------------------------------------------------------------------------------
     cache = open_cache(cfg.data.cache)
-    model_cfg = build_model_config(cfg, cache)
+    model_cfg, resolved_model = build_model_config(cfg, cache)
+    cfg = replace(cfg, model=resolved_model)
     train_ds, val_ds, split = make_datasets(cache, model_cfg, cfg)
     stats = cache_stats(cache) if cfg.stage == 'finetune' else {}
     if info.is_main:

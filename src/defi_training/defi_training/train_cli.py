@@ -57,7 +57,7 @@ def resolve_config(args) -> tuple:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     try:
         cfg, resume = resolve_config(args)
     except ConfigError as err:
