@@ -129,6 +129,25 @@ def encode_image(rgb: np.ndarray, encoding: str = 'rgb8') -> tuple[str, int, int
     return encoding, h, w, w * out.shape[2], out.tobytes()
 
 
+def _area_downscale(rgb: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Exact rounded block mean for integer factors: strided uint16 adds (numpy's sum over
+    non-contiguous axes is ~10x slower)."""
+    lead = rgb.shape[:-3]
+    h, w, c = rgb.shape[-3:]
+    x = rgb.reshape(-1, h // fy, fy, w, c)
+    rows = x[:, :, 0].astype(np.uint16)
+    for i in range(1, fy):
+        rows += x[:, :, i]
+    rows = rows.reshape(-1, h // fy, w // fx, fx, c)
+    total = rows[:, :, :, 0].copy()
+    for j in range(1, fx):
+        total += rows[:, :, :, j]
+    n = fy * fx
+    total += n // 2
+    total //= n
+    return total.astype(np.uint8).reshape(*lead, h // fy, w // fx, c)
+
+
 def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize uint8 [..., H, W, C] to [..., height, width, C].
 
@@ -141,14 +160,10 @@ def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
         return rgb
     if h % height == 0 and w % width == 0:
         fy, fx = h // height, w // width
-        lead = rgb.shape[:-3]
-        c = rgb.shape[-1]
-        blocks = rgb.reshape(*lead, height, fy, width, fx, c)
         if fy * fx <= 256:
-            # integer sum in uint16 is exact and much faster than a float mean
-            total = blocks.sum(axis=(-4, -2), dtype=np.uint16)
-            n = fy * fx
-            return ((total + n // 2) // n).astype(np.uint8)
+            return _area_downscale(rgb, fy, fx)
+        lead = rgb.shape[:-3]
+        blocks = rgb.reshape(*lead, height, fy, width, fx, rgb.shape[-1])
         return blocks.mean(axis=(-4, -2)).round().astype(np.uint8)
     from PIL import Image
     flat = rgb.reshape(-1, h, w, rgb.shape[-1])

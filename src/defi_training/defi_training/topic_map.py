@@ -76,6 +76,13 @@ class TopicMap:
     min_episode_frames: int = 2               # shorter episodes/segments are skipped and reported
 
     def __post_init__(self):
+        # nested sections may be given as plain dicts (YAML, tests)
+        for name, typ in (('state', StateSpec), ('action', ActionSpec), ('task', TaskSpec), ('episode', EpisodeSpec)):
+            val = getattr(self, name)
+            if isinstance(val, dict):
+                if 'fields' in val and val['fields'] is not None:
+                    val = dict(val, fields=tuple(val['fields']))
+                setattr(self, name, typ(**val))
         self.validate()
 
     def validate(self) -> None:
