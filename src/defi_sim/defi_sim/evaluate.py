@@ -186,10 +186,13 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                             pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
                     if keep:
                         pics.frames.append(frames[cfg.cameras[0]])
-                    step = schedule.step(now_ns)
+                    # the chunk executor's tick: the latest step due by now + half a period;
+                    # a used-up chunk or a non-finite action commands a stop (zero action)
+                    step = schedule.step(now_ns, lead_ns=period_ns // 2)
                     if step is not None:
-                        # the executor's safety rule: a non-finite action commands a stop
                         command = step.action if np.all(np.isfinite(step.action)) else np.zeros(4)
+                    elif schedule.exhausted():
+                        command = np.zeros(4)
                     # zero-order hold for one observation period, as the sim node in lockstep
                     for _ in range(config.steps_per_observation):
                         result = sim.step(np.clip(command, -1.0, 1.0))
