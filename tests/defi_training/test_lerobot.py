@@ -1,0 +1,95 @@
+"""LeRobot v3 write -> read on real parquet + h264 files: arrays lossless, layout as LeRobot expects."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from defi_training.sources import Episode, Report
+from defi_training.sources.lerobot import read_lerobot, write_lerobot
+from defi_training.topic_map import TopicMap
+
+
+def _episodes(n_eps=3, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    eps = []
+    for e in range(n_eps):
+        n = 8 + 3 * e
+        levels = (np.arange(n) * 17 + 40 * e) % 256
+        frames = {'front': np.broadcast_to(levels[:, None, None, None], (n, size, size, 3)).astype(np.uint8).copy(),
+                  'wrist': np.full((n, size, size, 3), 100 + e * 30, np.uint8)}
+        eps.append(Episode(source=f'ep{e}', frames=frames, timestamps=np.arange(n) / 10.0,
+                           task=['open', 'close'][e % 2],
+                           state=rng.standard_normal((n, 5)).astype(np.float32),
+                           action=rng.standard_normal((n, 3)).astype(np.float32) * 1e3,
+                           state_names=[f's{i}' for i in range(5)], action_names=['x', 'y', 'g']))
+    return eps
+
+
+def test_round_trip_lossless_for_arrays(tmp_path):
+    src = _episodes()
+    out = write_lerobot(src, tmp_path / 'ds', fps=10)
+    report = Report(quiet=True)
+    back = list(read_lerobot(out, TopicMap(image_size=16, fps=10), report))
+    assert not report.skipped and len(back) == 3
+    for a, b in zip(src, back):
+        assert np.array_equal(a.state, b.state) and b.state.dtype == np.float32
+        assert np.array_equal(a.action, b.action)
+        assert a.task == b.task and b.state_names == a.state_names and b.action_names == a.action_names
+        np.testing.assert_allclose(b.timestamps, a.timestamps, atol=1e-6)
+        assert list(b.frames) == ['front', 'wrist']
+        for cam in ('front', 'wrist'):
+            diff = np.abs(a.frames[cam].astype(int) - b.frames[cam].astype(int))
+            assert diff.mean() < 3, cam                  # h264: close, and the right frame (levels differ by 17)
+
+
+def test_layout_info_tasks_stats(tmp_path):
+    src = _episodes(2)
+    root = write_lerobot(src, tmp_path / 'ds', fps=10, robot_type='sim_arm')
+    info = json.loads((root / 'meta' / 'info.json').read_text())
+    assert info['codebase_version'] == 'v3.0' and info['total_episodes'] == 2 and info['total_frames'] == 19
+    assert info['features']['observation.images.front']['dtype'] == 'video'
+    assert info['features']['action']['shape'] == [3] and info['features']['action']['names'] == ['x', 'y', 'g']
+    assert info['robot_type'] == 'sim_arm' and info['total_tasks'] == 2
+    for rel in ('data/chunk-000/file-000.parquet', 'meta/episodes/chunk-000/file-000.parquet',
+                'videos/observation.images.front/chunk-000/file-000.mp4',
+                'videos/observation.images.wrist/chunk-000/file-000.mp4', 'meta/tasks.parquet', 'meta/stats.json'):
+        assert (root / rel).is_file(), rel
+    tasks = pq.read_table(root / 'meta' / 'tasks.parquet').to_pydict()
+    assert tasks == {'task': ['open', 'close'], 'task_index': [0, 1]}
+    eps = pq.read_table(root / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet').to_pylist()
+    assert [e['length'] for e in eps] == [8, 11] and eps[1]['dataset_from_index'] == 8
+    assert eps[1]['videos/observation.images.front/from_timestamp'] == pytest.approx(0.8)
+    data = pq.read_table(root / 'data' / 'chunk-000' / 'file-000.parquet')
+    assert data.num_rows == 19 and data.column('index').to_pylist() == list(range(19))
+    stats = json.loads((root / 'meta' / 'stats.json').read_text())
+    all_action = np.concatenate([e.action for e in src]).astype(np.float64)
+    np.testing.assert_allclose(stats['action']['mean'], all_action.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats['action']['max'], all_action.max(0))
+
+
+def test_read_resamples_to_config_fps_and_drops_actions_when_action_free(tmp_path):
+    root = write_lerobot(_episodes(1), tmp_path / 'ds', fps=10)
+    ep = next(read_lerobot(root, TopicMap(image_size=16, fps=5), Report(quiet=True)))
+    src = _episodes(1)[0]
+    assert ep.length == 4 and np.array_equal(ep.state, src.state[::2])
+    ep = next(read_lerobot(root, TopicMap(image_size=8, action={'source': 'none', 'topic': None}, fps=10),
+                           Report(quiet=True)))
+    assert ep.action is None and ep.frames['front'].shape == (8, 8, 8, 3)
+
+
+def test_overwrite_guard_and_broken_dataset(tmp_path):
+    root = write_lerobot(_episodes(1), tmp_path / 'ds', fps=10)
+    with pytest.raises(FileExistsError):
+        write_lerobot(_episodes(1), root, fps=10)
+    write_lerobot(_episodes(2), root, fps=10, overwrite=True)
+    assert json.loads((root / 'meta' / 'info.json').read_text())['total_episodes'] == 2
+    (root / 'videos' / 'observation.images.front' / 'chunk-000' / 'file-000.mp4').write_bytes(b'garbage')
+    report = Report(quiet=True)
+    assert list(read_lerobot(root, TopicMap(image_size=16, fps=10), report)) == []
+    assert len(report.skipped) == 2 and 'unreadable video' in report.skipped[0]['reason']
+    info = json.loads((root / 'meta' / 'info.json').read_text())
+    info['codebase_version'] = 'v2.1'
+    (root / 'meta' / 'info.json').write_text(json.dumps(info))
+    assert list(read_lerobot(root, TopicMap(), report)) == []
+    assert 'v2.1' in report.skipped[-1]['reason']
