@@ -488,7 +488,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
             loss_mean = all_reduce_sum([last_loss], info)[0] / info.world_size
             elapsed = time.perf_counter() - window_start
             throughput = window_steps * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
-            window_start, window_steps = time.perf_counter(), 0
+            window_steps = 0
             pbar.set_postfix(loss=f'{loss_mean:.4f}', lr=f'{lr:.2e}', sps=f'{throughput:.1f}')
             if writer is not None:
                 writer.add_scalar('train/loss', loss_mean, done)
@@ -527,6 +527,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
             path = save(done)
             if path is not None:
                 pbar.write(f'step {done}: checkpoint {path}')
+        if window_steps == 0:
+            window_start = time.perf_counter()     # throughput counts training steps only
     pbar.close()
     if metrics_file is not None:
         metrics_file.close()
