@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from visualization_msgs.msg import Marker
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -35,6 +36,7 @@ class CommonParams:
     torch_threads: int = 2           # 0 = leave torch's default
     status_topic: str = 'defi/status'
     status_rate_hz: float = 2.0
+    status_marker_frame: str = 'base_link'   # RViz text marker on defi/status_marker; '' = off
     autostart: bool = True           # configure + activate on start when run as an executable
 
 
@@ -58,6 +60,7 @@ class DefiNode(LifecycleNode):
     """Base of the DeFI lifecycle nodes. Subclasses implement setup() and warm_up()."""
     params_cls: Any = CommonParams
     needs_policy = True
+    status_row = 0          # line of this node in the RViz status text
 
     def __init__(self, node_name: str, *, policy=None, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -74,6 +77,8 @@ class DefiNode(LifecycleNode):
         self._status_pub = self.create_publisher(PolicyStatus, self.params.status_topic,
                                                  qos.BEST_EFFORT)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._marker_pub = (self.create_publisher(Marker, 'defi/status_marker', qos.BEST_EFFORT)
+                            if self.params.status_marker_frame else None)
         period = 1.0 / max(self.params.status_rate_hz, 0.01)
         self._status_timer = self.create_timer(period, self.publish_status,
                                                callback_group=MutuallyExclusiveCallbackGroup())
@@ -195,6 +200,26 @@ class DefiNode(LifecycleNode):
         arr.header.stamp = msg.header.stamp
         arr.status = [diag]
         self._diag_pub.publish(arr)
+        if self._marker_pub is not None:
+            self._marker_pub.publish(self._status_marker(msg))
+
+    _STATE_NAMES = {0: 'unconfigured', 1: 'idle', 2: 'running', 3: 'STOPPED', 4: 'ERROR'}
+
+    def _status_marker(self, msg: PolicyStatus) -> Marker:
+        m = Marker(type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, ns='defi_status',
+                   id=self.status_row)
+        m.header.frame_id = self.params.status_marker_frame
+        m.header.stamp = msg.header.stamp
+        m.pose.position.z = 1.0 + 0.07 * (5 - self.status_row)
+        m.pose.orientation.w = 1.0
+        m.scale.z = 0.05
+        bad = msg.state == PolicyStatus.STATE_ERROR or msg.errors_total > 0
+        m.color.r, m.color.g, m.color.b, m.color.a = (1.0, 0.3, 0.3, 1.0) if bad else (0.9, 0.9, 0.9, 1.0)
+        m.text = (f'{msg.node_name}: {self._STATE_NAMES.get(msg.state, msg.state)}  '
+                  f'feat {msg.features_ms:.0f} dec {msg.decode_ms:.0f} chunk {msg.chunk_ms:.0f} ms  '
+                  f'err {msg.errors_total}' + (f'  ({msg.last_error[:60]})' if msg.last_error else ''))
+        m.lifetime.sec = 3
+        return m
 
 
 def run_node(node_cls, args=None, num_threads: int = 4) -> None:

@@ -43,6 +43,7 @@ class ActionDecoderParams(CommonParams):
 
 class ActionDecoderNode(DefiNode):
     params_cls = ActionDecoderParams
+    status_row = 2
 
     def __init__(self, policy=None, node_name: str = 'action_decoder', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)

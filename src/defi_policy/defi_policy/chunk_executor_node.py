@@ -59,6 +59,7 @@ class ChunkExecutorParams(CommonParams):
 
 class ChunkExecutorNode(DefiNode):
     params_cls = ChunkExecutorParams
+    status_row = 3
     needs_policy = False
 
     def __init__(self, node_name: str = 'chunk_executor', **kwargs):

@@ -35,6 +35,7 @@ class ExecuteInstructionParams(CommonParams):
 
 class ExecuteInstructionServer(DefiNode):
     params_cls = ExecuteInstructionParams
+    status_row = 4
     needs_policy = False
 
     def __init__(self, node_name: str = 'execute_instruction_server', **kwargs):

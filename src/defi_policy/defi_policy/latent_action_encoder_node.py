@@ -34,6 +34,7 @@ def check_features(feats: np.ndarray, cfg, topic: str) -> None:
 
 class LatentActionEncoderNode(DefiNode):
     params_cls = LatentEncoderParams
+    status_row = 1
 
     def __init__(self, policy=None, node_name: str = 'latent_action_encoder', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
