@@ -87,8 +87,16 @@ class ScriptedChunkPolicy:
         return self.chunk
 
 
-@pytest.mark.parametrize('replan_every', [1, 4])
-def test_inprocess_executes_chunks_like_the_executor(tiny_checkpoint, replan_every):
+# which chunk row the executor commands at each of the 8 observations (None: no chunk yet -> zero)
+EXECUTED_ROWS = {
+    (1, 0): [0] * 8,                  # a fresh chunk per observation: always its row 0 (+x)
+    (4, 0): [0, 1, 2, 3] * 2,         # a chunk every 4 observations: rows 0..3 (+x, +x, -x, -x)
+    (1, 2): [None, None] + [2] * 6,   # chunks arrive 2 observations late: their row 2 is due (-x)
+}
+
+
+@pytest.mark.parametrize('replan_every,chunk_delay', sorted(EXECUTED_ROWS))
+def test_inprocess_executes_chunks_like_the_executor(tiny_checkpoint, replan_every, chunk_delay):
     from defi_sim.metaworld_env import MetaWorldSim
 
     base = load_eval_policy(tiny_checkpoint)
@@ -97,7 +105,7 @@ def test_inprocess_executes_chunks_like_the_executor(tiny_checkpoint, replan_eve
     chunk[:, 1] = 0.5
     policy = ScriptedChunkPolicy(base, chunk)
     config = EvalConfig(tasks=('reach',), episodes=1, max_steps=16, replan_every=replan_every,
-                        pictures=True)
+                        chunk_delay=chunk_delay, pictures=True)
     episodes, pictures = run_inprocess(policy, config, log=lambda s: None)
     assert policy.calls == 8 // replan_every
     assert episodes[0].length == 16
@@ -107,15 +115,13 @@ def test_inprocess_executes_chunks_like_the_executor(tiny_checkpoint, replan_eve
         sim = MetaWorldSim('reach', seed=config.seed, image_size=base.cfg.image_size)
         for r in rows:
             for _ in range(2):          # each command is held for one observation (2 control steps)
-                sim.step(chunk[r])
+                sim.step(np.zeros(4) if r is None else chunk[r])
         frame, x = sim.render()['front'], sim.ee_position()[0]
         sim.close()
         return frame, x
 
-    # the executor rule: a fresh chunk per observation -> its row 0 (+x) every time; a chunk every
-    # 4 observations -> rows 0, 1, 2, 3 (+x, +x, -x, -x) of each chunk
-    expected = [0] * 8 if replan_every == 1 else [0, 1, 2, 3] * 2
-    wrong = [0, 1, 2, 3] * 2 if replan_every == 1 else [0] * 8
+    expected = EXECUTED_ROWS[(replan_every, chunk_delay)]
+    wrong = [0] * 8 if expected != [0] * 8 else [0, 1, 2, 3] * 2
     frame_expected, x_expected = replay(expected)
     frame_wrong, x_wrong = replay(wrong)
     np.testing.assert_array_equal(final_frame, frame_expected)

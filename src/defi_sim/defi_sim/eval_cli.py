@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='seconds between actions of a chunk (default: one observation period)')
     p.add_argument('--replan-every', type=int, dest='replan_every',
                    help='in-process: observations per new chunk (1 = every observation)')
+    p.add_argument('--chunk-delay', type=int, dest='chunk_delay',
+                   help='in-process: observations before a computed chunk is executed (default 0)')
     p.add_argument('--cameras', nargs='+', help="'<view>=<mujoco camera>' per policy view (default <view>=corner)")
     p.add_argument('--picture-steps', type=int, nargs='+', dest='picture_steps',
                    help='observation indices of the prediction strips (default: first and middle)')
@@ -68,7 +70,7 @@ def make_config(args):
             raise SystemExit(f'defi-eval: {path}: unknown EvalConfig field(s) {unknown}; known: {sorted(known)}')
         values.update(loaded)
     for name in ('tasks', 'episodes', 'seed', 'max_steps', 'steps_per_observation', 'action_dt_s',
-                 'replan_every', 'cameras', 'picture_steps'):
+                 'replan_every', 'chunk_delay', 'cameras', 'picture_steps'):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

@@ -13,6 +13,13 @@ steps, the command held in between):
   process resets the sim through its `sim/reset` service and sends an ExecuteInstruction goal per
   episode, and reads success from `sim/success`. Latency is camera message -> ActionChunk.
 
+Where the two differ: in-process, the chunk computed from observation k is executed from
+observation k + chunk_delay (default 0, like the recorded expert, which answers every observation
+at once). Through ROS the lockstep sim waits for *a* command, not for the chunk of its latest
+observation, so the executor keeps running the previous chunk while the pipeline computes (as on a
+robot) and chunks arrive some observations late; ROS success can therefore be lower than
+in-process success for a policy that needs fast reactions. `chunk_delay` emulates that in-process.
+
 Both return a list of defi_training.evaluation.EpisodeResult and (optionally) pictures.
 """
 from __future__ import annotations
@@ -44,6 +51,7 @@ class EvalConfig:
     steps_per_observation: int = 2     # control steps between observations, as the sim node
     action_dt_s: float = 0.0           # chunk dt; 0 = one observation period
     replan_every: int = 1              # observations per new chunk (1: a chunk per observation)
+    chunk_delay: int = 0               # in-process: observations before a chunk reaches the executor
     cameras: tuple = ()                # '<view>=<mujoco camera>'; () = every policy view on 'corner'
     pictures: bool = False             # prediction strips + an mp4 of the first episode
     picture_steps: tuple = ()          # observation indices for strips; () = first and middle
@@ -57,6 +65,8 @@ class EvalConfig:
         for name in ('episodes', 'max_steps', 'steps_per_observation', 'replan_every'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name}: must be >= 1, got {getattr(self, name)}')
+        if self.chunk_delay < 0:
+            raise ValueError(f'chunk_delay: must be >= 0, got {self.chunk_delay}')
         if self.action_dt_s < 0:
             raise ValueError(f'action_dt_s: must be >= 0, got {self.action_dt_s}')
 
@@ -166,6 +176,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                 sim.reset(seed)
                 policy.reset()
                 schedule = ChunkSchedule()
+                pending = []                     # (observation index it arrives at, chunk)
                 command = np.zeros(4)
                 latencies = []
                 keep = config.pictures and e == 0
@@ -180,10 +191,13 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                         t0 = time.perf_counter()
                         actions = policy.predict_action_chunk(obs)
                         latencies.append((time.perf_counter() - t0) * 1e3)
-                        schedule.offer(Chunk(now_ns, chunk_dt, actions[0].detach().cpu().numpy()))
+                        pending.append((k + config.chunk_delay,
+                                        Chunk(now_ns, chunk_dt, actions[0].detach().cpu().numpy())))
                         if keep and (k in pic_steps or (not config.picture_steps
                                                         and k == config.max_steps // (2 * config.steps_per_observation))):
                             pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
+                    while pending and pending[0][0] <= k:   # chunks whose computation has finished
+                        schedule.offer(pending.pop(0)[1])
                     if keep:
                         pics.frames.append(frames[cfg.cameras[0]])
                     # the chunk executor's tick: the latest step due by now + half a period;
