@@ -68,6 +68,7 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
     dirpath = Path(dirpath)
     dirpath.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dirpath.name}.tmp', dir=dirpath.parent))
+    os.chmod(tmp, 0o755)   # mkdtemp makes it private; a checkpoint is meant to be shared
     try:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={'schema_version': str(SCHEMA_VERSION), 'kind': kind})

@@ -61,8 +61,8 @@ class DefiConfig:
     codebook_size: int = 16
     code_dim: int = 32
     commitment_beta: float = 0.25
-    dead_code_threshold: float = 1e-3    # EMA usage below this -> code restarted from encoder outputs
-    code_usage_decay: float = 0.99
+    dead_code_threshold: float = 0.1     # EMA usage below this x uniform (1/K) -> code restarted
+    code_usage_decay: float = 0.95       # from an encoder output (about 45 unused steps)
     gidm_pixel_loss_weight: float = 1.0  # anchors the learned frame encoder against collapse
     # --- action head: EDM diffusion transformer ----------------------------------------------
     head_dim: int = 64

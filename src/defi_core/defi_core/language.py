@@ -98,6 +98,12 @@ class MiniLMEncoder(TextEncoder):
         if self._model is None:
             os.environ.setdefault('HF_HUB_OFFLINE', '1')
             os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+            os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
+            try:  # keep logs clean: no "Loading weights" progress bar
+                from transformers.utils import logging as hf_logging
+                hf_logging.disable_progress_bar()
+            except Exception:
+                pass
             from sentence_transformers import SentenceTransformer
             self._model = SentenceTransformer(minilm_model_path(), device=self.device,
                                               local_files_only=True)

@@ -62,8 +62,13 @@ class DefiPolicy(nn.Module):
         """Frozen GFDM by default; GIDM's pixel frame encoder and decoder are pretraining-only."""
         for p in self.parameters():
             p.requires_grad_(True)
-        if self.gfdm is not None and not self.cfg.gfdm_trainable:
-            self.gfdm.requires_grad_(False)
+        if self.gfdm is not None:
+            if not self.cfg.gfdm_trainable:
+                self.gfdm.requires_grad_(False)
+            else:   # features() never reaches the output head nor blocks past the feature layer
+                for mod in [self.gfdm.final_ada, self.gfdm.out_proj,
+                            *self.gfdm.blocks[self.cfg.gfdm_feature_layer or len(self.gfdm.blocks):]]:
+                    mod.requires_grad_(False)
         if self.gidm is not None:
             for mod in (self.gidm.frame_embed, self.gidm.frame_encoder, self.gidm.frame_norm,
                         self.gidm.decoder, self.gidm.dec_norm, self.gidm.dec_out, self.gidm.pixel_head):

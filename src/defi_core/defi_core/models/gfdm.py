@@ -137,8 +137,10 @@ class GFDM(nn.Module):
         x = edm_sample(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun')
         return ((x.clamp(-1, 1) + 1) / 2)
 
-    def loss(self, batch):
-        """EDM loss with log-normal sigma on batch['future.images'] given batch['observation.images']."""
+    def loss(self, batch, sigma=None):
+        """EDM loss with log-normal sigma on batch['future.images'] given batch['observation.images'].
+
+        sigma: optional fixed noise level(s) (float or [B]) for evaluation curves."""
         cfg = self.cfg
         dev = self.pos_time.device
         cond_img = self._cond_images(batch['observation.images'])
@@ -148,7 +150,10 @@ class GFDM(nn.Module):
                              f'got {tuple(batch["future.images"].shape)}')
         lang = self._lang(batch['task'])
         b = target.shape[0]
-        sigma = (torch.randn(b, device=dev) * cfg.p_std + cfg.p_mean).exp()
+        if sigma is None:
+            sigma = (torch.randn(b, device=dev) * cfg.p_std + cfg.p_mean).exp()
+        else:
+            sigma = cfg_sigma(sigma, target)
         noisy = target + torch.randn_like(target) * sigma.view(-1, 1, 1, 1, 1, 1)
         denoised = self.denoise(noisy, sigma, cond_img, lang)
         weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2

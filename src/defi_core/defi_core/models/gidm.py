@@ -38,12 +38,16 @@ class VectorQuantizer(nn.Module):
         self.register_buffer('usage', torch.full((cfg.codebook_size,), 1.0 / cfg.codebook_size))
 
     def forward(self, z):
-        """z [B, Q, C] -> (z_q straight-through [B, Q, C], codes Long [B, Q], vq_loss)."""
+        """z [B, Q, C] -> (z_q straight-through [B, Q, C], codes Long [B, Q], vq_loss).
+
+        Lookup on l2-normalized vectors (as in ViT-VQGAN): every code is reachable from the
+        start, so a fresh codebook does not collapse onto its smallest-norm entry.
+        """
+        z = F.normalize(z, dim=-1)
         flat = z.reshape(-1, z.shape[-1])
-        dist = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
-                + self.codebook.pow(2).sum(1)[None])
-        codes = dist.argmin(1)
-        zq = self.codebook[codes].view_as(z)
+        book = F.normalize(self.codebook, dim=-1)
+        codes = (flat @ book.t()).argmax(1)
+        zq = book[codes].view_as(z)
         codebook_loss = F.mse_loss(zq, z.detach())
         commitment = F.mse_loss(z, zq.detach())
         loss = codebook_loss + self.cfg.commitment_beta * commitment
@@ -56,7 +60,7 @@ class VectorQuantizer(nn.Module):
         cfg = self.cfg
         counts = torch.bincount(codes, minlength=cfg.codebook_size).float() / codes.numel()
         self.usage.mul_(cfg.code_usage_decay).add_(counts, alpha=1 - cfg.code_usage_decay)
-        dead = (self.usage < cfg.dead_code_threshold).nonzero().flatten()
+        dead = (self.usage < cfg.dead_code_threshold / cfg.codebook_size).nonzero().flatten()
         if len(dead):
             pick = torch.randint(0, flat.shape[0], (len(dead),), device=flat.device)
             self.codebook.data[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
