@@ -93,3 +93,41 @@ def test_overwrite_guard_and_broken_dataset(tmp_path):
     (root / 'meta' / 'info.json').write_text(json.dumps(info))
     assert list(read_lerobot(root, TopicMap(), report)) == []
     assert 'v2.1' in report.skipped[-1]['reason']
+
+
+def test_read_hand_made_dataset_with_image_features_and_several_files(tmp_path):
+    """Hub datasets vary: png image features, variable-length list columns, tasks.jsonl, several files."""
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+    root = tmp_path / 'hub'
+    (root / 'meta' / 'episodes' / 'chunk-000').mkdir(parents=True)
+    (root / 'data' / 'chunk-000').mkdir(parents=True)
+
+    def png(level):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(buf, format='PNG')
+        return {'bytes': buf.getvalue(), 'path': None}
+
+    states = {0: np.arange(12, dtype=np.float32).reshape(4, 3), 1: -np.arange(9, dtype=np.float32).reshape(3, 3)}
+    for e, n in ((0, 4), (1, 3)):
+        pq.write_table(pa.table({
+            'observation.image': [png(10 * e + i) for i in range(n)],
+            'observation.state': pa.array([list(r) for r in states[e]], pa.list_(pa.float32())),
+            'timestamp': pa.array(np.arange(n) / 5.0, pa.float32()),
+            'frame_index': np.arange(n), 'episode_index': np.full(n, e), 'task_index': np.full(n, 1 - e),
+        }), root / 'data' / 'chunk-000' / f'file-00{e}.parquet')
+    pq.write_table(pa.Table.from_pylist([{'episode_index': 0, 'length': 4}, {'episode_index': 1, 'length': 3}]),
+                   root / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet')
+    (root / 'meta' / 'tasks.jsonl').write_text('{"task_index": 0, "task": "b"}\n{"task_index": 1, "task": "a"}\n')
+    (root / 'meta' / 'info.json').write_text(json.dumps({
+        'codebase_version': 'v3.0', 'fps': 5,
+        'features': {'observation.image': {'dtype': 'image', 'shape': [8, 8, 3]},
+                     'observation.state': {'dtype': 'float32', 'shape': [3], 'names': {'motors': ['x', 'y', 'z']}}}}))
+    report = Report(quiet=True)
+    eps = list(read_lerobot(root, TopicMap(image_size=8, fps=5, action={'source': 'none', 'topic': None}), report))
+    assert not report.skipped and [e.task for e in eps] == ['a', 'b']
+    assert list(eps[0].frames) == ['observation.image']
+    assert eps[1].frames['observation.image'][:, 0, 0, 0].tolist() == [10, 11, 12]
+    assert np.array_equal(eps[1].state, states[1]) and eps[0].state_names == ['x', 'y', 'z']
