@@ -166,9 +166,9 @@ def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin)
         sim.destroy_node()
 
 
-def test_bad_commands_are_rejected(ros_context, spin):
+def test_bad_commands_are_rejected_and_chunks_play_in_time(ros_context, spin):
     sim, probe, executor = make(ros_context, task='reach-v3', mode='realtime', image_width=16,
-                                image_height=16, steps_per_observation=8)
+                                image_height=16, steps_per_observation=4)
     try:
         assert spin(executor, lambda: probe.chunk_pub.get_subscription_count() >= 1, 10.0)
         msg = ActionChunk()
@@ -179,5 +179,18 @@ def test_bad_commands_are_rejected(ros_context, spin):
         np.testing.assert_array_equal(sim.command, np.zeros(4))
         probe.send_chunk([2.0, -0.5, 0, 1], 0)
         assert spin(executor, lambda: sim.command[0] == 1.0, 2.0)  # clipped to [-1, 1]
+
+        # a chunk plays its rows in time: row i is due at stamp + i * dt
+        assert spin(executor, lambda: probe.poses, 5.0)
+        chunk = ActionChunk(horizon=2, action_dim=4, dt=0.4, data=[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0])
+        chunk.header.stamp.sec, chunk.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
+        z0 = probe.poses[-1].pose.position.z
+        probe.chunk_pub.publish(chunk)
+        t0 = time.monotonic()
+        spin(executor, lambda: time.monotonic() - t0 > 0.3, 1.0)
+        z_up = probe.poses[-1].pose.position.z
+        assert z_up - z0 > 0.02 and sim.command[2] == 1.0
+        spin(executor, lambda: time.monotonic() - t0 > 0.8, 1.0)
+        assert sim.command[2] == -1.0 and probe.poses[-1].pose.position.z < z_up - 0.02
     finally:
         sim.destroy_node()

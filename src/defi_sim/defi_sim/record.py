@@ -53,6 +53,7 @@ class EpisodeRecord:
     control_steps: int
     observations: int
     messages: dict
+    wall_s: float        # reset to saved bag
 
 
 def _spin_until(executor, predicate, timeout_s: float, what: str) -> None:
@@ -127,11 +128,11 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
         for episode in range(episodes):
             episode_seed = seed + episode
             name = f'{task}_seed{episode_seed:05d}'
+            episode_start = time.monotonic()
             recorder.start_episode(name, {'task': task, 'seed': episode_seed, 'noise_std': noise_std,
                                           'source': 'defi-sim record (metaworld scripted expert)'})
             received0 = dict(recorder.received)
             published0 = dict(sim.published_counts)
-            sent0 = expert.commands_sent
             sim.reset_episode(task, episode_seed)
             obs0 = sim.observations_published
             success_at = [None]
@@ -149,7 +150,8 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
             def expected():
                 counts = {t: n - published0.get(t, 0) for t, n in sim.published_counts.items()
                           if t in topics}
-                counts['defi/action_command'] = expert.commands_sent - sent0
+                # the expert answers every observation, the last one too
+                counts['defi/action_command'] = counts['sim/task_state']
                 return counts
 
             def all_received():
@@ -162,7 +164,8 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
             counts = dict(recorder.writer.counts)
             path = recorder.stop_episode()
             rec = EpisodeRecord(str(path), task, episode_seed, success_at[0] is not None, sim.sim.steps,
-                                sim.observations_published - obs0 + 1, counts)
+                                sim.observations_published - obs0 + 1, counts,
+                                round(time.monotonic() - episode_start, 3))
             results.append(rec)
             log(f'{name}: success={rec.success} control_steps={rec.control_steps} '
                 f'observations={rec.observations} -> {path}')

@@ -11,7 +11,9 @@ Publishes (names relative to the node's namespace):
   /clock                   rosgraph_msgs/Clock
   instruction              std_msgs/String, reliable + transient local
 Subscribes:
-  defi/action_command        defi_msgs/ActionChunk; row 0 = [dx, dy, dz, gripper] in [-1, 1]
+  defi/action_command        defi_msgs/ActionChunk [horizon, 4] rows [dx, dy, dz, gripper] in [-1, 1];
+                             row i is due at header.stamp + i * dt: the sim applies the latest row
+                             due (row 0 for horizon 1 and in lockstep), held until a newer command
   servo_node/delta_twist_cmds geometry_msgs/TwistStamped; linear m/s -> dx, dy, dz; gripper kept
 Service:
   sim/reset  std_srvs/Trigger: next episode with the next seed, or with the `task` / `seed`
@@ -128,6 +130,8 @@ class SimNode(Node):
         self._obs_names = observation_names()
         self.command = np.zeros(4)
         self.command_stamp_ns = -1
+        self._chunk_rows = np.zeros((1, 4))  # the latest command; rows follow each other in time
+        self._chunk_dt_ns = 0
         self.total_steps = 0          # control steps since start: the sim clock never goes back
         self.observations_published = 0
         self.published_counts: dict[str, int] = {}
@@ -184,6 +188,7 @@ class SimNode(Node):
         else:
             self.sim.reset(seed)
         self.command = np.zeros(4)
+        self._chunk_rows, self._chunk_dt_ns = np.zeros((1, 4)), 0
         self.paused = False
         self._steps_since_obs = 0
         # A fresh stamp for the new episode's first observation, so a late command answering the
@@ -211,24 +216,33 @@ class SimNode(Node):
                 f'action_dim={msg.action_dim} horizon={msg.horizon} len(data)={len(msg.data)}; ignored',
                 throttle_duration_sec=5.0)
             return
-        action = np.asarray(msg.data[:4], dtype=np.float64)
-        self._accept_command(action, _stamp_ns(msg.header.stamp), 'defi/action_command')
+        rows = np.asarray(msg.data, dtype=np.float64).reshape(int(msg.horizon), 4)
+        dt_ns = int(msg.dt * 1e9) if math.isfinite(msg.dt) and msg.dt > 0 else 0
+        self._accept_command(rows, _stamp_ns(msg.header.stamp), 'defi/action_command', dt_ns)
 
     def _on_twist(self, msg: TwistStamped) -> None:
         lin = msg.twist.linear
         action = np.array([lin.x, lin.y, lin.z, 0.0]) * self.twist_scale
         action[3] = self.command[3]  # a twist says nothing about the gripper
-        self._accept_command(action, _stamp_ns(msg.header.stamp), 'servo_node/delta_twist_cmds')
+        self._accept_command(action[None], _stamp_ns(msg.header.stamp), 'servo_node/delta_twist_cmds', 0)
 
-    def _accept_command(self, action: np.ndarray, stamp_ns: int, topic: str) -> None:
-        if not np.all(np.isfinite(action)):
-            self.get_logger().error(f'{topic}: non-finite command {action.tolist()}; ignored',
+    def _accept_command(self, rows: np.ndarray, stamp_ns: int, topic: str, dt_ns: int) -> None:
+        if not np.all(np.isfinite(rows)):
+            self.get_logger().error(f'{topic}: non-finite command {rows.tolist()}; ignored',
                                     throttle_duration_sec=5.0)
             return
-        self.command = np.clip(action, -1.0, 1.0)
+        self._chunk_rows, self._chunk_dt_ns = np.clip(rows, -1.0, 1.0), dt_ns
         self.command_stamp_ns = stamp_ns
+        self._update_command(self._now_ns())
         if self.config.mode == 'lockstep' and self._awaiting_command and stamp_ns >= self.obs_stamp_ns:
             self._advance()
+
+    def _update_command(self, now_ns: int) -> None:
+        """Zero-order hold of the latest command's row due at `now_ns` (row 0 before its stamp)."""
+        row = 0
+        if self._chunk_dt_ns > 0 and now_ns > self.command_stamp_ns:
+            row = min(len(self._chunk_rows) - 1, (now_ns - self.command_stamp_ns) // self._chunk_dt_ns)
+        self.command = self._chunk_rows[int(row)]
 
     # ------------------------------------------------------------------ stepping
     def episode_over(self) -> bool:
@@ -240,6 +254,7 @@ class SimNode(Node):
         if self.episode_over():
             return
         for _ in range(self.config.steps_per_observation):
+            self._update_command(self._now_ns())
             self.sim.step(self.command)
             self.total_steps += 1
             if self.episode_over():
@@ -259,6 +274,7 @@ class SimNode(Node):
     def _realtime_tick(self) -> None:
         if self.episode_over():
             return
+        self._update_command(self._now_ns())
         self.sim.step(self.command)
         self.total_steps += 1
         self._steps_since_obs += 1
