@@ -29,8 +29,10 @@ def _check_asof(sample_times, picked, queries, max_age_ns):
     assert np.all(sample_times[nxt[has]] > queries[has]), 'not the latest sample at or before t'
 
 
-@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
-@pytest.mark.parametrize('compression', [None, 'file', 'message'])
+# zstd: whole-file, per-message, and mcap chunk compression (rosbags cannot write sqlite3 storage-side)
+@pytest.mark.parametrize('storage, compression', [
+    ('mcap', None), ('mcap', 'file'), ('mcap', 'message'), ('mcap', 'storage'),
+    ('sqlite3', None), ('sqlite3', 'file'), ('sqlite3', 'message')])
 def test_storages_and_compression(tmp_path, storage, compression):
     bag = write_synthetic_bag(tmp_path / 'b', storage=storage, compression=compression, duration_s=2.0,
                               image_size=32, instructions=('open the drawer',))

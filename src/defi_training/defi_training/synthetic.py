@@ -86,8 +86,11 @@ def write_synthetic_bag(
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     writer = Writer(path, version=9, storage_plugin=plugin)
     if compression:
-        writer.set_compression(CompressionMode.FILE if compression == 'file' else CompressionMode.MESSAGE,
-                               CompressionFormat.ZSTD)
+        modes = {'file': CompressionMode.FILE, 'message': CompressionMode.MESSAGE,
+                 'storage': CompressionMode.STORAGE}   # storage: zstd chunks inside mcap / sqlite3
+        if compression not in modes:
+            raise ValueError(f'compression: {compression!r} is not one of {sorted(modes)}')
+        writer.set_compression(modes[compression], CompressionFormat.ZSTD)
     if instruction_in_metadata is not None:
         writer.set_custom_data('instruction', instruction_in_metadata)
     records: list[tuple[int, object, bytes]] = []  # (receive time, connection, cdr)
