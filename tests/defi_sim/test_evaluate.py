@@ -169,3 +169,16 @@ def test_closed_loop_through_ros(tiny_checkpoint, tmp_path, capsys):
     assert (out / 'prediction_strip.png').stat().st_size > 0
     frames = _video_frames(out / 'episode_reach-v3.mp4')
     assert 4 <= len(frames) <= 9                  # one frame per observation (16 steps / 2)
+
+
+def test_cli_config_file_then_flags(tmp_path):
+    cfg_file = tmp_path / 'eval.yaml'
+    cfg_file.write_text('tasks: [push]\nepisodes: 7\nmax_steps: 50\n')
+    args = eval_cli.build_parser().parse_args(['--checkpoint', 'c', '--config', str(cfg_file),
+                                               '--episodes', '3', '--pictures'])
+    config = eval_cli.make_config(args)
+    assert config.tasks == ('push-v3',) and config.episodes == 3 and config.max_steps == 50
+    assert config.pictures and config.seed == 1000
+    cfg_file.write_text('episode: 7\n')
+    with pytest.raises(SystemExit, match="unknown EvalConfig field"):
+        eval_cli.make_config(eval_cli.build_parser().parse_args(['--checkpoint', 'c', '--config', str(cfg_file)]))
