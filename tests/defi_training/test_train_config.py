@@ -11,7 +11,7 @@ from defi_training.checkpointing import (capture_rng_state, latest_checkpoint, l
                                          optimizer_state_from_files, optimizer_state_to_files,
                                          restore_rng_state, save_run_checkpoint)
 from defi_training.distributed import ResumableBatchSampler, fixed_batches
-from defi_training.train import lr_at, open_cache
+from defi_training.train import lr_at, open_cache, use_bf16_autocast
 from defi_training.train_cli import main as train_main
 from defi_training.train_config import (ConfigError, TrainConfig, apply_overrides, load_train_config,
                                         save_train_config)
@@ -154,3 +154,9 @@ def test_missing_or_empty_cache_fails_naming_the_path(tmp_path):
         open_cache(str(empty))
     with pytest.raises(ConfigError, match='data.cache'):
         open_cache('')
+
+
+def test_bf16_autocast_only_on_gpu():
+    assert use_bf16_autocast(torch.device('cuda:0'), 'auto') and use_bf16_autocast(torch.device('cuda'), 'bf16')
+    assert not use_bf16_autocast(torch.device('cuda:0'), 'none')
+    assert not use_bf16_autocast(torch.device('cpu'), 'auto') and not use_bf16_autocast(torch.device('cpu'), 'bf16')

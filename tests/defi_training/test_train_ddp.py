@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from defi_core.checkpoint import load_component
@@ -35,19 +36,25 @@ def cache_dir(tmp_path_factory):
     return build_cache(bags, root / 'cache', TopicMap(image_size=32, action=ActionSpec(source='none'))).path
 
 
-def test_two_process_gloo_ddp_run_keeps_ranks_identical(cache_dir, tmp_path):
+def _torchrun(stage_args, steps, extra=()):
     torchrun = shutil.which('torchrun') or str(Path(sys.executable).parent / 'torchrun')
-    out = tmp_path / 'ddp'
-    # GIDM: besides the DDP-synced gradients, its VQ restarts dead codes outside autograd; a low
-    # dead-code threshold makes that happen here, so the per-step broadcast is exercised.
     cmd = [torchrun, '--nproc_per_node', '2', '--master_addr', '127.0.0.1', '--master_port', str(_free_port()),
-           '-m', 'defi_training.train_cli', 'gidm', '--out', str(out), f'data.cache={cache_dir}',
-           'steps=4', 'ckpt_every=2', 'eval_every=2', 'eval_batches=1', 'batch_size=2', 'threads=1',
-           'progress=false', 'data.num_workers=0', 'model.preset=tiny', 'model.text_encoder=hash',
-           'model.dead_code_threshold=0.2', 'model.code_usage_decay=0.5', 'image_every=0']
+           '-m', 'defi_training.train_cli', 'gidm', *stage_args, f'steps={steps}', *extra]
     proc = subprocess.run(cmd, env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_two_process_gloo_ddp_run_keeps_ranks_identical_and_resumes_exactly(cache_dir, tmp_path):
+    # GIDM: besides the DDP-synced gradients, its VQ restarts dead codes outside autograd; a low
+    # dead-code threshold makes that happen here, so the per-step broadcast is exercised.
+    common = [f'data.cache={cache_dir}', 'ckpt_every=2', 'eval_every=2', 'eval_batches=1', 'batch_size=2',
+              'threads=1', 'progress=false', 'data.num_workers=0', 'model.preset=tiny', 'model.text_encoder=hash',
+              'model.dead_code_threshold=0.2', 'model.code_usage_decay=0.5', 'image_every=0',
+              'optim.schedule=constant', 'keep_checkpoints=0']
+    out = tmp_path / 'ddp'
+    proc = _torchrun(['--out', str(out), *common], steps=4)
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['world_size'] == 2
     digests = summary['rank_weight_sha256']
@@ -60,3 +67,13 @@ def test_two_process_gloo_ddp_run_keeps_ranks_identical(cache_dir, tmp_path):
     assert not (r0 == r1).all()
     state = json.loads((ckpt / 'trainer_state.json').read_text())
     assert state['world_size'] == 2 and state['step'] == 4
+
+    # 2 steps, then --resume extends the run to 4 (constant lr, so the schedule is the same):
+    # both ranks pick up their own RNG streams and data shards, and the result is bit-identical.
+    part = tmp_path / 'part'
+    _torchrun(['--out', str(part), *common], steps=2)
+    proc = _torchrun(['--resume', str(part)], steps=4)
+    assert 'resumed from' in proc.stderr
+    a = load_file(str(out / 'final' / 'model.safetensors'))
+    b = load_file(str(part / 'final' / 'model.safetensors'))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -93,10 +93,12 @@ def test_pretraining_stage_writes_loadable_checkpoints_logs_and_images(stage_run
     assert split['val_episodes'] and not set(split['val_episodes']) & set(split['train_episodes'])
 
 
-def test_pretraining_changes_only_its_own_module(stage_runs):
-    gfdm = load_file(str(stage_runs['gfdm'] / 'final' / 'model.safetensors'))
-    gfdm_first = load_file(str(stage_runs['gfdm'] / 'checkpoints' / 'step_00000002' / 'model.safetensors'))
-    assert any(not torch.equal(gfdm[k], gfdm_first[k]) for k in gfdm)          # it trained
+@pytest.mark.parametrize('stage', ['gfdm', 'gidm'])
+def test_pretraining_updates_the_stage_weights(stage_runs, stage):
+    last = load_file(str(stage_runs[stage] / 'final' / 'model.safetensors'))
+    first = load_file(str(stage_runs[stage] / 'checkpoints' / 'step_00000002' / 'model.safetensors'))
+    changed = [k for k in last if not torch.equal(last[k], first[k])]
+    assert len(changed) > len(last) // 2
 
 
 def test_finetune_loads_stage_checkpoints_and_exports_a_policy(stage_runs, caches):

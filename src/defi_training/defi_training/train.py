@@ -255,13 +255,17 @@ def weights_digest(policy) -> str:
     h = hashlib.sha256()
     for name, t in sorted(policy.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                 if t.dtype != torch.bool else t.cpu().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
 # schedule, RNG isolation, images
+
+
+def use_bf16_autocast(device: torch.device, amp: str) -> bool:
+    """bf16 autocast on GPUs only ('auto' or 'bf16'); CPU training stays fp32 (and bit-reproducible)."""
+    return device.type == 'cuda' and amp in ('auto', 'bf16')
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -369,7 +373,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     device = info.device
     if device.type == 'cpu' and cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    use_amp = device.type == 'cuda' and cfg.amp in ('auto', 'bf16')
+    use_amp = use_bf16_autocast(device, cfg.amp)
 
     # --- run directory and the resolved config ---------------------------------------------------
     run_dir = Path(broadcast_str(str(resume or cfg.out_dir or default_run_dir(cfg.stage)), info))
