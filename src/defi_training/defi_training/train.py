@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from defi_training.checkpointing import (capture_rng_state, latest_checkpoint, load_run_checkpoint,
                                          restore_rng_state, save_run_checkpoint)
@@ -36,7 +36,7 @@ from defi_training.distributed import (DistInfo, ResumableBatchSampler, all_redu
                                        get_logger, init_distributed, seed_everything, seed_worker)
 from defi_training.train_config import ConfigError, TrainConfig, save_train_config
 
-# Cache fields that fix the model's input/output shapes: they come from the data, not the preset.
+# Batch keys the action-free stages drop (they train on video only).
 ACTION_KEYS = ('action', 'action_is_pad')
 
 
@@ -166,6 +166,11 @@ def load_stage_weights(policy, cfg: TrainConfig, model_cfg, log) -> None:
         wants.append(('gfdm', cfg.gfdm_checkpoint, 'gfdm_pretrained'))
     if model_cfg.idm_type == 'gidm' and model_cfg.gidm_pretrained:
         wants.append(('gidm', cfg.gidm_checkpoint, 'gidm_pretrained'))
+    for part, path, switch in (('gfdm', cfg.gfdm_checkpoint, 'gfdm_pretrained'),
+                               ('gidm', cfg.gidm_checkpoint, 'gidm_pretrained')):
+        if path and part not in [w[0] for w in wants]:
+            log.warning(f'finetune: ignoring the {part} checkpoint {path} (model.{switch}=false or the '
+                        f'model has no pretrained {part}: backbone={model_cfg.backbone}, idm_type={model_cfg.idm_type})')
     for part, path, switch in wants:
         if not path:
             raise ConfigError(f'finetune needs the {part} stage checkpoint: pass --{part} CKPT '
