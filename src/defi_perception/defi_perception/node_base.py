@@ -8,6 +8,7 @@ so a node whose configure failed (e.g. a checkpoint that does not exist) still r
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from visualization_msgs.msg import Marker
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 
 from defi_core.runtime.status import StatusCounters
 from defi_msgs.msg import PolicyStatus
@@ -26,7 +28,7 @@ from defi_msgs.msg import PolicyStatus
 from . import qos
 from .params import declare_params
 
-__all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node']
+__all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros', 'shutdown_nodes']
 
 
 @dataclass
@@ -222,9 +224,35 @@ class DefiNode(LifecycleNode):
         return m
 
 
+def init_ros(args=None) -> None:
+    """rclpy.init without rclpy's signal handlers: Ctrl-C / SIGTERM raise KeyboardInterrupt in
+    the main thread while the context is still valid, so the executor can still publish its stop
+    command on the way out (with rclpy's handler the context is already shut down by then)."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def shutdown_nodes(executor, nodes) -> None:
+    """Tear the nodes down (the executor commands its stop), give DDS a moment to deliver the
+    stop, then destroy everything."""
+    for node in nodes:
+        try:
+            node._teardown_once() if isinstance(node, DefiNode) else None
+        except Exception as exc:  # noqa: BLE001
+            node.get_logger().error(f'teardown: {exc}')
+    time.sleep(0.3)
+    executor.shutdown()
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown()
+
+
 def run_node(node_cls, args=None, num_threads: int = 4) -> None:
     """main() of a single-node executable: start (if autostart) and spin a MultiThreadedExecutor."""
-    rclpy.init(args=args)
+    init_ros(args)
     node = node_cls()
     executor = MultiThreadedExecutor(num_threads=num_threads)
     executor.add_node(node)
@@ -236,9 +264,7 @@ def run_node(node_cls, args=None, num_threads: int = 4) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown_nodes(executor, [node])
 
 
 def params_dict(params) -> dict:

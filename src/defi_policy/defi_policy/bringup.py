@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
-from defi_perception.node_base import load_checkpoint_policy
+from defi_perception.node_base import init_ros, load_checkpoint_policy, shutdown_nodes
 from defi_perception.params import declare_params
 
 from .action_decoder_node import ActionDecoderNode
@@ -50,7 +49,7 @@ def start_nodes(nodes) -> list:
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args)
     host = Node('defi_bringup')
     p = declare_params(host, BringupParams)
     policy = None
@@ -72,11 +71,8 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        for n in reversed(nodes):      # executor (and its stop command) before the rest
-            n.destroy_node()
-        host.destroy_node()
-        rclpy.try_shutdown()
+        # the chunk executor commands its stop before anything is destroyed
+        shutdown_nodes(executor, [nodes[3]] + nodes[:3] + nodes[4:] + [host])
 
 
 if __name__ == '__main__':
