@@ -383,9 +383,9 @@ def _episodes(path: Path, tm: TopicMap, streams: dict, info: dict, report: Repor
         # (instructions stay valid until replaced), else the first one inside the episode
         task = text
         if task is None and len(task_times):
-            i = int(asof_indices(task_times, np.array([end]), 1 << 62)[0])
             j = int(asof_indices(task_times, np.array([start]), 1 << 62)[0])
-            task = task_vals[j] if j >= 0 else (task_vals[i] if i >= 0 else None)
+            inside = np.nonzero((task_times > start) & (task_times <= end))[0]
+            task = task_vals[j] if j >= 0 else (task_vals[int(inside[0])] if inside.size else None)
         if task is None:
             task = bag_task if bag_task is not None else tm.task.default
         if not valid.any():
