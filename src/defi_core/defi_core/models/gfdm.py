@@ -62,6 +62,7 @@ class GFDM(nn.Module):
         for m in (self.final_ada, self.out_proj):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        self._feature_noise: dict = {}     # (shape, device) -> the fixed noise draw of features()
 
     # -- helpers ---------------------------------------------------------------------------------
     def encode_text(self, tasks) -> torch.Tensor:
@@ -115,7 +116,12 @@ class GFDM(nn.Module):
         b = cond_img.shape[0]
         shape = (b, cfg.num_future_frames, cfg.num_views, 3, cfg.image_size, cfg.image_size)
         if noise is None:
-            noise = fixed_noise(shape, FEATURE_NOISE_SEED, cond_img.device)
+            key = (shape, str(cond_img.device))
+            if key not in self._feature_noise:
+                if len(self._feature_noise) > 8:
+                    self._feature_noise.clear()
+                self._feature_noise[key] = fixed_noise(shape, FEATURE_NOISE_SEED, cond_img.device)
+            noise = self._feature_noise[key]
         sigma = torch.full((b,), cfg.sigma_max, device=cond_img.device)
         _, _, c_in, _ = edm_scalings(sigma, cfg.sigma_data)
         x_in = noise * cfg.sigma_max * c_in.view(-1, 1, 1, 1, 1, 1)
