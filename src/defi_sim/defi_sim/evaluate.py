@@ -152,6 +152,13 @@ def _predict_frames(policy, obs, steps: int) -> list:
     return predicted_frames_for_view(sample, view=0)
 
 
+def picture_indices(config: EvalConfig, num_frames: int) -> list:
+    """Observation indices of the prediction strips: the chosen ones, else the first and the middle
+    of the episode as it ran (a short successful episode still gets its middle)."""
+    chosen = config.picture_steps or (0, num_frames // 2)
+    return sorted({k for k in chosen if 0 <= k < num_frames})
+
+
 def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print):
     """Run config.episodes episodes per task in-process; -> (episodes, pictures per task)."""
     from defi_core.runtime import Chunk, ChunkSchedule
@@ -181,7 +188,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                 latencies = []
                 keep = config.pictures and e == 0
                 pics = EpisodePictures(task) if keep else None
-                pic_steps = set(config.picture_steps) if config.picture_steps else {0}
+                kept_views = []                  # every view of every observation (pictures)
                 success, k = False, 0
                 while sim.steps < config.max_steps and not success:
                     now_ns = k * period_ns
@@ -193,13 +200,10 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                         latencies.append((time.perf_counter() - t0) * 1e3)
                         pending.append((k + config.chunk_delay,
                                         Chunk(now_ns, chunk_dt, actions[0].detach().cpu().numpy())))
-                        if keep and (k in pic_steps or (not config.picture_steps
-                                                        and k == config.max_steps // (2 * config.steps_per_observation))):
-                            pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
                     while pending and pending[0][0] <= k:   # chunks whose computation has finished
                         schedule.offer(pending.pop(0)[1])
                     if keep:
-                        pics.frames.append(frames[cfg.cameras[0]])
+                        kept_views.append(frames)
                     # the chunk executor's tick: the latest step due by now + half a period;
                     # a used-up chunk or a non-finite action commands a stop (zero action)
                     step = schedule.step(now_ns, lead_ns=period_ns // 2)
@@ -217,7 +221,11 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                             break
                     k += 1
                 if keep:
-                    pics.frames.append(sim.render()[cfg.cameras[0]])
+                    kept_views.append(sim.render())
+                    pics.frames = [views[cfg.cameras[0]] for views in kept_views]
+                    for k in picture_indices(config, len(kept_views)):
+                        obs = _observation(policy, kept_views[k], instruction, None)
+                        pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
                     pictures[task] = pics
                 episodes.append(EpisodeResult(task, seed, success, sim.steps, latencies, instruction))
                 log(f'{task} seed {seed}: {"success" if success else "failure"} after {sim.steps} steps, '
@@ -563,11 +571,8 @@ def _predict_for_pictures(checkpoint, pictures: dict, config: EvalConfig, thread
     for task, pics in pictures.items():
         if not pics.frames:
             continue
-        steps = config.picture_steps or (0, len(pics.frames) // 2)
-        for k in steps:
-            if 0 <= k < len(pics.frames):
-                frames = {view: pics.frames[k] for view in policy.cfg.cameras[:1]}
-                if len(policy.cfg.cameras) > 1:
-                    continue  # only the first view was recorded from ROS; other views unknown
-                obs = _observation(policy, frames, instruction_for(task), None)
-                pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
+        if len(policy.cfg.cameras) > 1:
+            continue  # only the first view is recorded from ROS: the GFDM needs every view
+        for k in picture_indices(config, len(pics.frames)):
+            obs = _observation(policy, {policy.cfg.cameras[0]: pics.frames[k]}, instruction_for(task), None)
+            pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
