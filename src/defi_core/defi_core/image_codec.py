@@ -152,7 +152,8 @@ def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize uint8 [..., H, W, C] to [..., height, width, C].
 
     Integer downscale factors use an exact area average (reshape + mean: vectorized and fast over a
-    whole batch of frames); anything else goes through Pillow's bilinear (with antialiasing) per frame.
+    whole batch of frames); anything else goes through Pillow's antialiased bilinear per frame, with a
+    box pre-reduction for large factors (reducing_gap: ~2x faster, visually the same).
     """
     rgb = np.asarray(rgb)
     h, w = rgb.shape[-3], rgb.shape[-2]
@@ -170,6 +171,6 @@ def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.empty((flat.shape[0], height, width, rgb.shape[-1]), np.uint8)
     for i, frame in enumerate(flat):
         img = Image.fromarray(frame if frame.shape[-1] != 1 else frame[..., 0])
-        res = np.asarray(img.resize((width, height), Image.BILINEAR))
+        res = np.asarray(img.resize((width, height), Image.BILINEAR, reducing_gap=3.0))
         out[i] = res if res.ndim == 3 else res[..., None]
     return out.reshape(*rgb.shape[:-3], height, width, rgb.shape[-1])
