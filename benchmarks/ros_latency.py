@@ -201,7 +201,7 @@ def main():
     ap.add_argument('--quick', action='store_true', help='15 s per mode instead of 60 s')
     ap.add_argument('--preset', default='base')
     ap.add_argument('--seconds', type=float, default=None)
-    ap.add_argument('--torch-threads', type=int, default=2)
+    ap.add_argument('--torch-threads', type=int, default=1)
     ap.add_argument('--modes', default='model,composed,separate')
     ap.add_argument('--out', default=None)
     args = ap.parse_args()

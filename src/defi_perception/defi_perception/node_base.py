@@ -35,7 +35,9 @@ __all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'in
 class CommonParams:
     checkpoint: str = ''             # checkpoint directory (config.json + model.safetensors)
     device: str = 'cpu'
-    torch_threads: int = 2           # 0 = leave torch's default
+    # 1: the three model stages already run in parallel threads; more intra-op threads
+    # oversubscribe a 2-core machine (measured: 20x slower per chunk under load). 0 = torch default
+    torch_threads: int = 1
     status_topic: str = 'defi/status'
     status_rate_hz: float = 2.0
     status_marker_frame: str = 'base_link'   # RViz text marker on defi/status_marker; '' = off

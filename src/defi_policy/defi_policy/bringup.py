@@ -26,7 +26,7 @@ from .latent_action_encoder_node import LatentActionEncoderNode
 class BringupParams:
     checkpoint: str = ''
     device: str = 'cpu'
-    torch_threads: int = 2
+    torch_threads: int = 1
     with_action_server: bool = True
     executor_threads: int = 6
     autostart: bool = True
