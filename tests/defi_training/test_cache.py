@@ -103,3 +103,19 @@ def test_action_free_cache_from_first_episode(tmp_path):
 def test_not_a_cache(tmp_path):
     with pytest.raises(FileNotFoundError, match='build-cache'):
         EpisodeCache(tmp_path)
+
+
+def test_parallel_build_keeps_input_order_and_content(bags, tmp_path):
+    tm = TopicMap(image_size=16)
+    (tmp_path / 'broken').mkdir()
+    (tmp_path / 'broken' / 'metadata.yaml').write_text('not: [valid')
+    inputs = [bags / 'a', tmp_path / 'broken', bags / 'b']
+    r1, r2 = Report(quiet=True), Report(quiet=True)
+    one = build_cache(inputs, tmp_path / 'one', tm, report=r1)
+    two = build_cache(inputs, tmp_path / 'two', tm, report=r2, workers=2)
+    assert one.num_episodes == 2
+    assert [e['source'] for e in one.meta['episodes']] == [e['source'] for e in two.meta['episodes']]
+    for e in range(one.num_episodes):
+        assert np.array_equal(one.frames(e, 'front'), two.frames(e, 'front'))
+        assert np.array_equal(one.array(e, 'action'), two.array(e, 'action'))
+    assert len(r1.skipped) == len(r2.skipped) == 1 and 'broken' in r2.skipped[0]['path']

@@ -218,13 +218,13 @@ def _check_episode(ep: Episode, ref: dict | None) -> str | None:
 
 def build_cache(inputs, out_dir: str | Path, topic_map: TopicMap | None = None, *,
                 report: Report | None = None, overwrite: bool = False,
-                video_camera: str | None = None) -> EpisodeCache:
+                video_camera: str | None = None, workers: int = 1) -> EpisodeCache:
     """Any mix of bags / videos / LeRobot datasets (paths or folders) -> an episode cache."""
     topic_map = topic_map or TopicMap()
     report = report or Report()
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    eps = iter_episodes(inputs, topic_map, report, video_camera=video_camera)
+    eps = iter_episodes(inputs, topic_map, report, video_camera=video_camera, workers=workers)
     return write_cache(eps, out_dir, topic_map, report, overwrite=overwrite, sources=list(inputs))
 
 

@@ -24,6 +24,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--image-size', type=int, help='shortcut for --set image_size=N')
     p.add_argument('--camera', help='camera name for video files (default: the first camera in the config)')
     p.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
+    p.add_argument('--workers', type=int, default=1, help='bags / videos read in parallel threads (default 1)')
 
 
 def _split_overrides(args) -> None:
@@ -65,7 +66,7 @@ def _cmd_build_cache(args) -> int:
     report = Report()
     t0 = time.perf_counter()
     cache = build_cache(args.paths, args.out, tm, report=report, overwrite=args.overwrite,
-                        video_camera=args.camera)
+                        video_camera=args.camera, workers=args.workers)
     dt = time.perf_counter() - t0
     print(f'wrote {cache.path}: {report.summary()} in {dt:.1f} s '
           f'({report.frames / max(dt, 1e-9):.0f} frames/s); cameras {cache.cameras}, '
@@ -87,7 +88,7 @@ def _cmd_convert(args) -> int:
         fps = cache.fps
     else:
         tm = _topic_map(args)
-        eps = iter_episodes(args.paths, tm, report, video_camera=args.camera)
+        eps = iter_episodes(args.paths, tm, report, video_camera=args.camera, workers=args.workers)
         fps = tm.fps
     out = write_lerobot(eps, args.out, fps=fps, overwrite=args.overwrite, report=report,
                         robot_type=args.robot_type)

@@ -118,16 +118,51 @@ def expand_inputs(paths, report: Report) -> list[tuple[str, Path]]:
     return out
 
 
+def _read_one(kind: str, p: Path, topic_map: TopicMap, report: Report, video_camera: str | None):
+    if kind == 'rosbag':
+        from .rosbag import read_bag
+        return read_bag(p, topic_map, report)
+    if kind == 'video':
+        from .video import read_video
+        return read_video(p, topic_map, report, camera=video_camera)
+    from .lerobot import read_lerobot
+    return read_lerobot(p, topic_map, report)
+
+
 def iter_episodes(paths, topic_map: TopicMap, report: Report, video_camera: str | None = None,
-                  ) -> Iterator[Episode]:
-    """Episodes from any mix of bags, videos and LeRobot datasets; bad inputs are skipped."""
-    for kind, p in expand_inputs(paths, report):
-        if kind == 'rosbag':
-            from .rosbag import read_bag
-            yield from read_bag(p, topic_map, report)
-        elif kind == 'video':
-            from .video import read_video
-            yield from read_video(p, topic_map, report, camera=video_camera)
-        elif kind == 'lerobot':
-            from .lerobot import read_lerobot
-            yield from read_lerobot(p, topic_map, report)
+                  workers: int = 1) -> Iterator[Episode]:
+    """Episodes from any mix of bags, videos and LeRobot datasets; bad inputs are skipped.
+
+    workers > 1 reads that many bags / videos at once in threads (decoding and resizing release the
+    GIL); episodes still come out in input order. LeRobot datasets are streamed one at a time.
+    """
+    inputs = expand_inputs(paths, report)
+    if workers <= 1:
+        for kind, p in inputs:
+            yield from _read_one(kind, p, topic_map, report, video_camera)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix='defi-data') as pool:
+        pending: deque = deque()
+        it = iter(inputs)
+
+        def submit_next() -> bool:
+            for kind, p in it:
+                if kind == 'lerobot':   # large: read lazily in order instead of all at once
+                    pending.append((kind, p, None))
+                else:
+                    pending.append((kind, p, pool.submit(
+                        lambda k=kind, q=p: list(_read_one(k, q, topic_map, report, video_camera)))))
+                return True
+            return False
+
+        for _ in range(workers):
+            submit_next()
+        while pending:
+            kind, p, fut = pending.popleft()
+            submit_next()
+            if fut is None:
+                yield from _read_one(kind, p, topic_map, report, video_camera)
+            else:
+                yield from fut.result()
