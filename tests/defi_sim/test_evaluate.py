@@ -182,3 +182,14 @@ def test_cli_config_file_then_flags(tmp_path):
     cfg_file.write_text('episode: 7\n')
     with pytest.raises(SystemExit, match="unknown EvalConfig field"):
         eval_cli.make_config(eval_cli.build_parser().parse_args(['--checkpoint', 'c', '--config', str(cfg_file)]))
+
+
+def test_chunk_dt_from_flag_checkpoint_or_observation_period(tiny_checkpoint, tmp_path):
+    from defi_core.checkpoint import save_checkpoint
+    from defi_sim.evaluate import checkpoint_chunk_dt
+
+    policy = load_eval_policy(tiny_checkpoint)
+    assert checkpoint_chunk_dt(tiny_checkpoint, EvalConfig()) == pytest.approx(0.025)  # no fps stored
+    ckpt = save_checkpoint(tmp_path / 'with_fps', policy, policy.cfg, policy.normalizer, extra={'fps': 10.0})
+    assert checkpoint_chunk_dt(ckpt, EvalConfig()) == pytest.approx(0.1)
+    assert checkpoint_chunk_dt(ckpt, EvalConfig(action_dt_s=0.05)) == pytest.approx(0.05)
