@@ -64,6 +64,7 @@ def main() -> int:
     frames = 60 if opts.quick else 200
     episodes = opts.episodes or (2 if opts.quick else 10)
 
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     import torch
     torch.set_num_threads(2)
     from defi_sim.record import record
@@ -104,6 +105,7 @@ def main() -> int:
 
     emit('sim', {
         'quick': opts.quick,
+        'load_average_at_start': load_at_start,  # the machine is shared: figures scale with load
         'render_plus_physics_fps': fps,
         'physics_steps_per_s': round(physics, 1),
         'expert_ros_loop': {'tasks': expert, 'mean_success': mean_success,

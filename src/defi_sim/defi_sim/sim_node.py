@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -353,7 +354,7 @@ def main(args=None):
     try:
         node = SimNode()
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
