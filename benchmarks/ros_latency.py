@@ -82,7 +82,7 @@ def params_file(path: Path, ckpt: Path, threads: int) -> Path:
   ros__parameters:
     checkpoint: "{ckpt}"
     torch_threads: {threads}
-    status_rate_hz: 1.0
+    status_rate_hz: 5.0
     status_marker_frame: ""
 forward_predictor:
   ros__parameters:
@@ -129,7 +129,7 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
     from rclpy.node import Node
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
-    from defi_msgs.msg import ActionChunk
+    from defi_msgs.msg import ActionChunk, PolicyStatus
     from defi_perception import qos
     from defi_perception.conversions import rgb_to_image_msg, stamp_to_ns
 
@@ -145,6 +145,19 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
         with lock:
             received.setdefault(stamp_to_ns(msg.header.stamp), t)
     node.create_subscription(ActionChunk, 'defi/action_chunk', on_chunk, qos.RELIABLE)
+    stage_ms = {'features_ms': [], 'latent_ms': [], 'decode_ms': []}
+    measuring = threading.Event()
+
+    def on_status(msg):
+        # per-stage model time measured inside the nodes over the same period: the ROS share of
+        # the latency is the rest (robust to the machine's load changing between modes)
+        if not measuring.is_set():
+            return
+        for key, values in stage_ms.items():
+            v = getattr(msg, key)
+            if v > 0 and msg.node_name in ('forward_predictor', 'latent_action_encoder', 'action_decoder'):
+                values.append(v)
+    node.create_subscription(PolicyStatus, 'defi/status', on_status, qos.BEST_EFFORT)
     cam = node.create_publisher(Image, CAMERA_TOPIC, qos.SENSOR)
     instr = node.create_publisher(String, 'instruction', qos.INSTRUCTION)
     instr.publish(String(data=INSTRUCTION))
@@ -174,6 +187,7 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
         time.sleep(1.0)
         with lock:
             received.clear()
+        measuring.set()
         start = time.monotonic()
         next_t = start
         while time.monotonic() - start < seconds:
@@ -193,7 +207,8 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
         rclpy.try_shutdown(context=ctx)
         stop_processes(procs)
     lat = [(got[s] - t) * 1e3 for s, t in sent.items() if s in got]
-    return lat, len(sent) - len(lat), len(sent)
+    compute = sum(median(v) for v in stage_ms.values() if v)
+    return lat, len(sent) - len(lat), len(sent), compute
 
 
 def main():
@@ -222,7 +237,9 @@ def main():
                 lat, dropped, total = model_only(policy, cfg, seconds)
                 del policy
             else:
-                lat, dropped, total = through_ros(mode, params, cfg, seconds)
+                lat, dropped, total, compute = through_ros(mode, params, cfg, seconds)
+                figures[f'{mode}_stage_compute_ms_median'] = round(compute, 2)
+                figures[f'{mode}_ros_share_ms_median'] = round(median(lat) - compute, 2)
             key = {'model': 'model', 'composed': 'composed', 'separate': 'separate'}[mode]
             figures[f'{key}_ms_median'] = round(median(lat), 2)
             figures[f'{key}_ms_p95'] = round(percentile(lat, 95), 2)
@@ -241,6 +258,10 @@ def main():
         print(f'{mode:<10} {med:>10.1f} {p95:>10.1f} {dropped:>8d} {total:>7d}')
     if 'overhead_ms_median' in figures:
         print(f"composed overhead over model-only: {figures['overhead_ms_median']:+.1f} ms (median)")
+    for mode in ('composed', 'separate'):
+        if f'{mode}_ros_share_ms_median' in figures:
+            print(f"{mode}: model stages {figures[f'{mode}_stage_compute_ms_median']:.1f} ms "
+                  f"(medians measured in the nodes), the rest {figures[f'{mode}_ros_share_ms_median']:+.1f} ms")
     emit('ros_latency', figures, args.out)
 
 
