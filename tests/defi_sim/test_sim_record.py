@@ -64,13 +64,29 @@ def test_record_cli_writes_one_readable_bag_per_episode(tmp_path):
     goal6 = np.array(read_bag(out / bags[1])['/sim/task_state'][0][1].position[-3:])
     assert not np.allclose(goal5, goal6)
 
-    # the episode round-trips through the data engineer's episode cache
+    # `defi-data inspect` reads them: 40 Hz streams without gaps
+    pytest.importorskip('defi_training.data_cli')
+    proc = subprocess.run([sys.executable, '-m', 'defi_training.data_cli', 'inspect', '--json', str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    items = json.loads(proc.stdout)[0]['items']
+    assert len(items) == 2
+    for item in items:
+        image = item['topics']['/camera/front/image_raw']
+        assert image['rate_hz'] == pytest.approx(40.0) and not image['gaps']
+        assert item['topics']['/defi/action_command']['count'] == image['count']
+
+    # ... and round-trip through the episode cache with the project's Meta-World data config
     cache_mod = pytest.importorskip('defi_training.cache')
     from defi_training.topic_map import TopicMap
-    cache = cache_mod.build_cache([out], tmp_path / 'cache',
-                                  TopicMap(fps=40, image_size=32, success_topic='sim/success'))
+    from pathlib import Path
+    config = Path(__file__).resolve().parents[2] / 'config' / 'data_metaworld.yaml'
+    topic_map = TopicMap.from_dict(yaml.safe_load(config.read_text())) if config.is_file() else TopicMap(fps=40)
+    topic_map.image_size = 32
+    cache = cache_mod.build_cache([out], tmp_path / 'cache', topic_map)
     assert cache.num_episodes == 2
     assert cache.task(0) == 'reach the goal position'
+    assert cache.episode_info(0).get('success') is True
     assert cache.frames(0, 'front').shape[1:] == (32, 32, 3)
     actions = cache.array(0, 'action')
     assert actions.shape[1] == 4 and np.abs(actions).max() <= 1.0
