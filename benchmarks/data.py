@@ -93,6 +93,7 @@ def main() -> int:
                             'sim/success'], 'size_MB': round(bag_mb, 1)},
             cache={'image_size': dst_size, 'frames': n_cache, 'fps': rate},
             cpu_cores=os.cpu_count(),
+            load_avg_1min=round(os.getloadavg()[0], 2),   # the machine is shared: context for the figures
         )
         print(f'bag: {n_img} frames {src_size}x{src_size} rgb8 at {rate:.0f} Hz, {args.storage}, {bag_mb:.1f} MB')
         print(f'{"path":<34} {"frames/s":>10} {"MB/s":>8} {"s":>7}')
