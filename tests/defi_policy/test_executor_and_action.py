@@ -196,7 +196,6 @@ def test_missing_checkpoint_is_reported_and_the_node_keeps_running(ros_context, 
         # fixing the parameter and configuring again works (checkpoint loaded from disk)
         from rclpy.parameter import Parameter
         node.set_parameters([Parameter('checkpoint', value=tiny_checkpoint)])
-        node.params.checkpoint = node.get_parameter('checkpoint').value
         assert node.start()
         assert node.policy is not None and node.policy.cfg.action_dim == 4
     finally:

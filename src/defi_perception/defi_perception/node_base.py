@@ -26,7 +26,7 @@ from defi_core.runtime.status import StatusCounters
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
-from .params import declare_params
+from .params import declare_params, read_params
 
 __all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros', 'shutdown_nodes']
 
@@ -102,10 +102,18 @@ class DefiNode(LifecycleNode):
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.params = read_params(self, self.params_cls)
+        except ValueError as exc:
+            self.report_error('other', f'configure failed: {exc}')
+            self._state = PolicyStatus.STATE_ERROR
+            return TransitionCallbackReturn.FAILURE
         if self.needs_policy:
             try:
-                self.policy = self._shared_policy or load_checkpoint_policy(
-                    self.params.checkpoint, self.params.device, self.params.torch_threads)
+                self.policy = self._shared_policy
+                if self.policy is None:
+                    self.policy = load_checkpoint_policy(
+                        self.params.checkpoint, self.params.device, self.params.torch_threads)
             except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not kill the node
                 self.report_error('other', f'configure failed: {exc}')
                 self._state = PolicyStatus.STATE_ERROR
@@ -267,7 +275,3 @@ def run_node(node_cls, args=None, num_threads: int = 4) -> None:
         pass
     finally:
         shutdown_nodes(executor, [node])
-
-
-def params_dict(params) -> dict:
-    return dataclasses.asdict(params)

@@ -9,7 +9,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 
 P = TypeVar('P')
 
-__all__ = ['declare_params', 'param_names']
+__all__ = ['declare_params', 'read_params', 'param_names']
 
 
 def param_names(cls) -> list:
@@ -65,3 +65,11 @@ def declare_params(node, cls: Type[P]) -> P:
         param = node.declare_parameter(f.name, default, desc)
         values[f.name] = _coerce(f.name, param.value, hint)
     return cls(**values)
+
+
+def read_params(node, cls: Type[P]) -> P:
+    """Read the already declared parameters of `cls` again (a lifecycle node re-reads them on
+    configure, so `ros2 param set` + configure applies new values)."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _coerce(f.name, node.get_parameter(f.name).value, hints[f.name])
+                  for f in dataclasses.fields(cls)})

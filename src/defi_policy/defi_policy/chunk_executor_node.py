@@ -98,6 +98,12 @@ class ChunkExecutorNode(DefiNode):
                                  callback_group=self.callbacks)
         self.create_timer(1.0 / p.control_rate_hz, self.tick, callback_group=self.timer_group)
 
+    def warm_up(self) -> None:
+        # parameters are re-read at every configure: refresh what was derived from them
+        self.latch.max_age_s = self.params.max_age_s
+        self.period_ns = int(1e9 / self.params.control_rate_hz)
+        self._limits_dim = None
+
     def on_deactivate(self, state):
         self.stop(StopReason.DISABLED, force=True)
         return super().on_deactivate(state)
