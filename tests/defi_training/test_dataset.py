@@ -1,5 +1,4 @@
 """ClipDataset over a real cache: sample shapes, dtypes, clamping, action padding, collate."""
-import numpy as np
 import pytest
 import torch
 

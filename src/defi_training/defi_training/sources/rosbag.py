@@ -211,7 +211,7 @@ def _vector_from(msg, msgtype: str, fields: tuple[str, ...], topic: str, index: 
     raise BadData(f"type mismatch: topic '{topic}' is {msgtype}")
 
 
-def _stack_vectors(stream: _Stream, joint_keys: list | None) -> np.ndarray:
+def _stack_vectors(stream: _Stream) -> np.ndarray:
     values = stream.values
     if not values:
         return np.zeros((0, 0), np.float32)
@@ -305,7 +305,7 @@ def _read_streams(path: Path, tm: TopicMap, store) -> tuple[dict, dict]:
         if role.startswith('camera:'):
             s.values = decoders[role].result()
         elif role in ('state', 'action'):
-            s.values = _stack_vectors(s, None)
+            s.values = _stack_vectors(s)
         s.finish(tm.clock)
         if len(s.recv) == 0 and role not in ('task', 'success'):
             raise BadData(f"topic '{s.topic}' ({role}) has no messages")
@@ -318,7 +318,8 @@ def _apply_order(stream: _Stream):
     return [stream.values[i] for i in stream.order]
 
 
-def _bag_task(path: Path, info: dict, tm: TopicMap) -> str | None:
+def _bag_task(info: dict) -> str | None:
+    """The instruction from the bag's metadata (custom_data), if the recorder stored one."""
     custom = info.get('custom') or {}
     for key in ('instruction', 'task'):
         if custom.get(key):
@@ -357,7 +358,7 @@ def _episodes(path: Path, tm: TopicMap, streams: dict, info: dict, report: Repor
     first = max(int(streams[r].times[0]) for r in need)
     last = max(int(streams[r].times[-1]) for r in need)
     # episode boundaries
-    bag_task = _bag_task(path, info, tm)
+    bag_task = _bag_task(info)
     if tm.episode.split == 'topic':
         ep = streams['episode']
         starts = [int(t) for t in ep.times]
