@@ -220,7 +220,7 @@ class RecorderNode(Node):
                 continue
             ros_type = graph[topic][0]  # e.g. 'sensor_msgs/msg/Image'
             if len(graph[topic]) > 1:
-                self.get_logger().warn(f'{topic} has several types {graph[topic]}; recording {ros_type}')
+                self.get_logger().info(f'{topic} has several types {graph[topic]}; recording {ros_type}')
             try:
                 msg_class = _message_class(ros_type)
                 if ros_type not in self.store.fielddefs:

@@ -142,6 +142,7 @@ class SimNode(Node):
         self._awaiting_command = False
         self._awaiting_since = 0.0
         self._steps_since_obs = 0
+        self._rt_origin = None        # (wall, steps) to measure the real-time factor
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers follow the wall, never sim time
         if cfg.mode == 'lockstep':
@@ -155,6 +156,11 @@ class SimNode(Node):
             f'{[c.name + "=" + c.mujoco_camera for c in self.sim.cameras]} at '
             f'{cfg.image_width}x{cfg.image_height}, observation every '
             f'{cfg.steps_per_observation * self.sim.dt * 1e3:.1f} ms')
+
+    def _warn(self, message: str, **kwargs) -> None:
+        logger = self.get_logger()
+        # `warning` on newer rclpy (where `warn` is deprecated), `warn` on Humble
+        (getattr(logger, 'warning', None) or logger.warn)(message, **kwargs)
 
     # ------------------------------------------------------------------ parameters / reset
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -266,7 +272,7 @@ class SimNode(Node):
         if (self._awaiting_command and not self.episode_over()
                 and time.monotonic() - self._awaiting_since > self.config.lockstep_timeout_s):
             self.lockstep_timeouts += 1
-            self.get_logger().warn(
+            self._warn(
                 f'lockstep: no command stamped >= {self.obs_stamp_ns} ns within '
                 f'{self.config.lockstep_timeout_s} s; stepping with the held command',
                 throttle_duration_sec=5.0)
@@ -274,7 +280,20 @@ class SimNode(Node):
 
     def _realtime_tick(self) -> None:
         if self.episode_over():
+            self._rt_origin = None
             return
+        now = time.monotonic()
+        if self._rt_origin is None:
+            self._rt_origin = (now, self.total_steps)
+        start, steps0 = self._rt_origin
+        if now - start > 2.0:
+            factor = (self.total_steps - steps0) * self.sim.dt / (now - start)
+            if factor < 0.9:
+                self._warn(
+                    f'running at {factor:.2f} x real time ({factor / self.sim.dt:.0f} of '
+                    f'{1 / self.sim.dt:.0f} control steps/s): fewer or smaller cameras, or a larger '
+                    f'steps_per_observation, would keep up', throttle_duration_sec=10.0)
+            self._rt_origin = (now, self.total_steps)
         self._update_command(self._now_ns())
         self.sim.step(self.command)
         self.total_steps += 1
