@@ -144,3 +144,12 @@ def test_finetune_ablation_switches_and_clear_errors(caches, tmp_path, capsys):
     rc = train_main(['gfdm', f'data.cache={caches["action_free"]}', '--out', str(tmp_path / 'z'), 'steps=2',
                      'model.image_size=64', *FAST])
     assert rc == 1 and 'model.image_size' in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_data_layout(stage_runs, capsys):
+    # The gidm run finished at step 4; extending it with another batch size cannot continue the same
+    # data order, and says so instead of silently training on a different stream.
+    rc = train_main(['gidm', '--resume', str(stage_runs['gidm']), 'steps=6', 'batch_size=3'])
+    err = capsys.readouterr().err
+    assert rc == 1 and 'batch_size 2 -> 3' in err
+    assert load_train_config(stage_runs['gidm'] / 'config.yaml').batch_size == 2    # the run is untouched

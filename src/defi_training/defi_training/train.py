@@ -390,12 +390,6 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     cfg = replace(cfg, model=resolved_model)
     train_ds, val_ds, split = make_datasets(cache, model_cfg, cfg)
     stats = cache_stats(cache) if cfg.stage == 'finetune' else {}
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_train_config(cfg, run_dir / 'config.yaml')
-        (run_dir / 'split.json').write_text(json.dumps(split))
-        from defi_core.config import save_config
-        save_config(model_cfg, run_dir / 'model_config.json')
     log.info(f'defi-train {cfg.stage}: run {run_dir}, cache {cfg.data.cache} '
              f'({cache.num_episodes} episodes: {len(split["train_episodes"])} train / {len(split["val_episodes"])} val, '
              f'{len(train_ds)} train samples), device {device}, world size {info.world_size}, '
@@ -443,7 +437,24 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         log.info(f'nothing to do: step {start_step} >= steps={cfg.steps}')
 
     train_loader, sampler = make_train_loader(train_ds, cfg, info, start_step)
+    if state is not None:
+        # The data position is only meaningful for the same split and batch layout.
+        saved = state['trainer_state']
+        now = {'train_samples': len(train_ds), 'batch_size': cfg.batch_size, 'seed': cfg.seed,
+               'steps_per_epoch': sampler.steps_per_epoch}
+        before = {'train_samples': saved.get('train_samples'), 'batch_size': saved.get('batch_size'),
+                  'seed': saved.get('seed'), 'steps_per_epoch': saved.get('sampler', {}).get('steps_per_epoch')}
+        changed = {k: (before[k], now[k]) for k in now if before[k] is not None and before[k] != now[k]}
+        if changed:
+            raise ValueError(f'--resume {run_dir}: the data order cannot continue exactly, changed since {ckpt.name}: '
+                             + ', '.join(f'{k} {a} -> {b}' for k, (a, b) in changed.items()))
     val_loader = make_val_loader(val_ds, cfg, info)
+    if info.is_main:            # the resolved config, written once every check has passed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_train_config(cfg, run_dir / 'config.yaml')
+        (run_dir / 'split.json').write_text(json.dumps(split))
+        from defi_core.config import save_config
+        save_config(model_cfg, run_dir / 'model_config.json')
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -457,6 +468,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
                 run_dir, step, export_policy=lambda p: export_policy(policy, model_cfg, cfg.stage, stats, p),
                 optimizer=optimizer, rng_blobs=blobs, keep=cfg.keep_checkpoints,
                 trainer_state={'stage': cfg.stage, 'sampler': sampler.position(step), 'seed': cfg.seed,
+                               'train_samples': len(train_ds), 'batch_size': cfg.batch_size,
                                'lr': lr_at(min(step, cfg.steps - 1), cfg), 'schedule': cfg.optim.schedule,
                                'total_steps': cfg.steps})
         barrier(info)
