@@ -160,3 +160,14 @@ def test_bf16_autocast_only_on_gpu():
     assert use_bf16_autocast(torch.device('cuda:0'), 'auto') and use_bf16_autocast(torch.device('cuda'), 'bf16')
     assert not use_bf16_autocast(torch.device('cuda:0'), 'none')
     assert not use_bf16_autocast(torch.device('cpu'), 'auto') and not use_bf16_autocast(torch.device('cpu'), 'bf16')
+
+
+def test_defi_train_console_script_is_installed():
+    import shutil
+    import subprocess
+    exe = shutil.which('defi-train')
+    assert exe, 'defi-train is not on PATH (run `bash scripts/setup.sh` and `source scripts/env.sh`)'
+    proc = subprocess.run([exe, 'finetune', '--help'], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and '--resume' in proc.stdout and '--gfdm' in proc.stdout
+    proc = subprocess.run([exe, 'gidm', 'optim.nope=1'], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "'optim.nope'" in proc.stderr
