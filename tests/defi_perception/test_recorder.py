@@ -143,3 +143,33 @@ def test_no_topics_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'defi_perception.recorder', '--out', str(tmp_path)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and 'no topics to record' in proc.stderr + proc.stdout
+
+
+def test_enter_toggles_episodes_and_q_quits(tmp_path):
+    import pty
+    master, slave = pty.openpty()  # a terminal on stdin: keypresses are read
+    proc = subprocess.Popen([sys.executable, '-m', 'defi_perception.recorder', '--topics', '/rt/none',
+                             '--out', str(tmp_path)], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    os.close(slave)
+
+    def wait_for(text):
+        for line in proc.stdout:
+            if text in line:
+                return line
+        raise AssertionError(f'recorder exited before printing {text!r}')
+    try:
+        wait_for('episode started')  # autostart
+        wait_for('Enter: start/stop')
+        os.write(master, b'\n')
+        wait_for('episode saved')
+        os.write(master, b'\n')
+        wait_for('episode started')
+        os.write(master, b'q\n')
+        proc.wait(timeout=20)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert len(finished_bags(tmp_path)) == 2
