@@ -123,6 +123,12 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
         settle = time.monotonic() + 0.2
         while time.monotonic() < settle:
             executor.spin_once(timeout_sec=0.01)
+        # Another sim or expert on this ROS domain would mix its messages into the recording.
+        for topic in topics:
+            if sim.count_publishers(topic) > 1:
+                raise RuntimeError(
+                    f'another node publishes {topic} on ROS domain {context.get_domain_id()}; '
+                    f'stop it or record on a free domain (ROS_DOMAIN_ID)')
 
         results = []
         for episode in range(episodes):
@@ -159,6 +165,11 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
                        - received0.get(recorder._absolute(t), 0) for t in topics}
                 return all(got[t] >= n for t, n in expected().items())
             _spin_until(executor, all_received, 10.0, f'the recorder to receive episode {name}')
+            extra = {t: n for t, n in recorder.writer.counts.items() if t.lstrip('/') in topics
+                     and n != expected().get(t.lstrip('/'), n)}
+            if extra:
+                raise RuntimeError(f'episode {name}: the bag holds more messages than this process '
+                                   f'published ({extra}); another node publishes on these topics')
             recorder.writer.set_custom_data('success', str(bool(success_at[0] is not None)).lower())
             recorder.writer.set_custom_data('control_steps', str(sim.sim.steps))
             counts = dict(recorder.writer.counts)
@@ -218,7 +229,7 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     try:
         return _record_main(opts)
-    except (ValueError, FileExistsError, TimeoutError) as err:
+    except (ValueError, FileExistsError, TimeoutError, RuntimeError) as err:
         print(f'defi-sim {opts.command}: error: {err}', file=sys.stderr)
         return 2
 
