@@ -279,34 +279,37 @@ def checkpoint_chunk_dt(checkpoint, config: EvalConfig) -> float:
 # ---------------------------------------------------------------------------------------- ROS 2
 
 
-def _ros_params_yaml(checkpoint, policy_cfg, config: EvalConfig, chunk_dt: float, threads: int) -> str:
-    """--params-file for the sim node and defi_bringup: lockstep on sim time, passthrough output."""
+def _ros_params(checkpoint, policy_cfg, config: EvalConfig, chunk_dt: float, threads: int) -> tuple:
+    """(sim node, defi_bringup) --params-file contents: lockstep on sim time, passthrough output."""
     import yaml
     rate = 1.0 / config.observation_period_s
     cameras = sim_cameras_for(policy_cfg.cameras, config.cameras)
-    params = {
+    sim = {
         'defi_sim_node': {'ros__parameters': {
             'mode': 'lockstep', 'cameras': list(cameras), 'image_width': int(policy_cfg.image_size),
             'image_height': int(policy_cfg.image_size), 'task': config.tasks[0], 'seed': int(config.seed),
             'steps_per_observation': int(config.steps_per_observation),
-            'max_episode_steps': int(config.max_steps), 'lockstep_timeout_s': 0.5}},
-        # every DeFI node follows the sim's /clock, so stamps, ages and control timers agree
-        'defi_bringup': {'ros__parameters': {
+            'max_episode_steps': int(config.max_steps), 'lockstep_timeout_s': 0.5}}}
+    bringup = {
+        # every DeFI node follows the sim's /clock, so stamps, ages and control timers agree; every
+        # node gets the checkpoint (used only if defi_bringup's shared load failed: it then says why)
+        '/**': {'ros__parameters': {
             'use_sim_time': True, 'checkpoint': str(checkpoint), 'torch_threads': int(threads)}},
         'forward_predictor': {'ros__parameters': {
-            'use_sim_time': True, 'camera_topics': [f'camera/{v}/image_raw' for v in policy_cfg.cameras],
+            'camera_topics': [f'camera/{v}/image_raw' for v in policy_cfg.cameras],
             'control_rate_hz': rate, 'preview_rate_hz': 0.0, 'max_age_s': 1.0}},
-        'latent_action_encoder': {'ros__parameters': {'use_sim_time': True}},
-        'action_decoder': {'ros__parameters': {'use_sim_time': True, 'action_dt': float(chunk_dt),
+        'action_decoder': {'ros__parameters': {'action_dt': float(chunk_dt),
                                                'action_names': ['dx', 'dy', 'dz', 'gripper'],
                                                'max_age_s': 1.0}},
         'chunk_executor': {'ros__parameters': {
-            'use_sim_time': True, 'output_mode': 'passthrough', 'control_rate_hz': rate,
+            'output_mode': 'passthrough', 'control_rate_hz': rate,
             'action_min': [-1.0], 'action_max': [1.0], 'max_age_s': 1.0, 'start_enabled': False}},
-        'execute_instruction_server': {'ros__parameters': {
-            'use_sim_time': True, 'default_timeout_s': 3600.0}},
+        'execute_instruction_server': {'ros__parameters': {'default_timeout_s': 3600.0}},
     }
-    return yaml.safe_dump(params, sort_keys=False)
+    return yaml.safe_dump(sim, sort_keys=False), yaml.safe_dump(bringup, sort_keys=False)
+
+
+BRINGUP_FAILED_MARK = 'not started:'   # defi_bringup logs this when a node's configure failed
 
 
 class _Proc:
@@ -322,6 +325,12 @@ class _Proc:
         if self.popen.poll() is not None:
             raise RuntimeError(f'{self.name} exited with code {self.popen.returncode}; last log lines '
                                f'({self.log_path}):\n{self.tail()}')
+
+    def log_contains(self, text: str) -> bool:
+        try:
+            return text in self.log_path.read_text(errors='replace')
+        except OSError:
+            return False
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -352,7 +361,7 @@ class _Orchestrator:
     def __init__(self, context, view: str, keep_frames: Callable[[], bool]):
         from action_msgs.msg import GoalStatus  # noqa: F401 - fail early if action msgs are missing
         from defi_msgs.action import ExecuteInstruction
-        from defi_msgs.msg import ActionChunk
+        from defi_msgs.msg import ActionChunk, PolicyStatus
         from rcl_interfaces.srv import SetParameters
         from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
@@ -379,6 +388,9 @@ class _Orchestrator:
         self.node.create_subscription(Bool, 'sim/success', self._on_success, reliable)
         self.node.create_subscription(Image, self.image_topic, self._on_image, reliable)
         self.node.create_subscription(ActionChunk, 'defi/action_chunk', self._on_chunk, reliable)
+        self.node.create_subscription(PolicyStatus, 'defi/status', self._on_status,
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.node_errors = {}            # node name -> last_error of a node in the ERROR state
         self.reset_client = self.node.create_client(Trigger, 'sim/reset')
         self.params_client = self.node.create_client(SetParameters, 'defi_sim_node/set_parameters')
         self.action_client = ActionClient(self.node, ExecuteInstruction, 'execute_instruction')
@@ -407,6 +419,10 @@ class _Orchestrator:
             frame = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
             self.frames.append((stamp, frame[:, :msg.width * 3].reshape(msg.height, msg.width, 3).copy()))
 
+    def _on_status(self, msg) -> None:
+        if msg.state == msg.STATE_ERROR:
+            self.node_errors[msg.node_name] = msg.last_error
+
     def _on_chunk(self, msg) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         sent = self.image_wall.get(stamp)
@@ -417,6 +433,9 @@ class _Orchestrator:
     def spin_until(self, predicate, timeout_s: float, what: str, procs=()) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
+            if self.node_errors:
+                raise RuntimeError(f'while waiting for {what}: DeFI node(s) in the ERROR state: '
+                                   + '; '.join(f'{k}: {v}' for k, v in self.node_errors.items()))
             if time.monotonic() > deadline:
                 raise RuntimeError(f'timed out after {timeout_s:.0f} s waiting for {what}')
             for proc in procs:
@@ -471,12 +490,15 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
         config = EvalConfig(**{**config.__dict__, 'action_dt_s': chunk_dt})
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='defi_eval_ros_'))
     work.mkdir(parents=True, exist_ok=True)
-    params_file = work / 'params.yaml'
-    params_file.write_text(_ros_params_yaml(checkpoint.resolve(), policy_cfg, config, chunk_dt, threads))
+    sim_params, bringup_params = _ros_params(checkpoint.resolve(), policy_cfg, config, chunk_dt, threads)
+    (work / 'sim_params.yaml').write_text(sim_params)
+    (work / 'bringup_params.yaml').write_text(bringup_params)
     env = dict(os.environ)
     env.setdefault('MUJOCO_GL', 'egl')
     env['OMP_NUM_THREADS'] = str(max(1, threads))
-    ros_args = ['--ros-args', '--params-file', str(params_file), '--log-level', 'warn']
+
+    def ros_args(params_file):
+        return ['--ros-args', '--params-file', str(work / params_file), '--log-level', 'warn']
     control_dt_ns = int(round(CONTROL_DT_S * 1e9))
     wall_budget = episode_timeout_s or max(30.0, config.max_steps * 0.2)
 
@@ -487,20 +509,28 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     episodes, pictures = [], {}
     recording = {'on': False}
     try:
-        procs.append(_Proc('defi_sim_node', [sys.executable, '-m', 'defi_sim.sim_node'] + ros_args,
+        procs.append(_Proc('defi_sim_node', [sys.executable, '-m', 'defi_sim.sim_node'] + ros_args('sim_params.yaml'),
                            work / 'sim_node.log', env))
-        procs.append(_Proc('defi_bringup', [sys.executable, '-m', 'defi_policy.bringup'] + ros_args,
+        procs.append(_Proc('defi_bringup', [sys.executable, '-m', 'defi_policy.bringup'] + ros_args('bringup_params.yaml'),
                            work / 'bringup.log', env))
         orch = _Orchestrator(context, policy_cfg.cameras[0], lambda: recording['on'])
         node = orch.node
         t0 = time.monotonic()
-        orch.spin_until(lambda: (orch.reset_client.service_is_ready() and orch.params_client.service_is_ready()
-                                 and orch.action_client.server_is_ready()
-                                 and node.count_subscribers(orch.image_topic) >= 2
-                                 and node.count_publishers('defi/action_command') >= 1
-                                 and node.count_subscribers('defi/action_command') >= 1),
-                        120.0, 'the sim node and defi_bringup to start (services, action server, topics)',
-                        procs)
+
+        def ready():
+            if procs[1].log_contains(BRINGUP_FAILED_MARK):
+                raise RuntimeError('defi_bringup could not start its nodes')
+            return (orch.reset_client.service_is_ready() and orch.params_client.service_is_ready()
+                    and orch.action_client.server_is_ready()
+                    and node.count_subscribers(orch.image_topic) >= 2
+                    and node.count_publishers('defi/action_command') >= 1
+                    and node.count_subscribers('defi/action_command') >= 1)
+        try:
+            orch.spin_until(ready, 120.0, 'the sim node and defi_bringup to start (services, action '
+                            'server, topics)', procs)
+        except RuntimeError as err:
+            tails = '\n'.join(f'--- {p.name} ({p.log_path}):\n{p.tail()}' for p in procs)
+            raise RuntimeError(f'{err}\n{tails}') from None
         log(f'ROS 2 graph ready in {time.monotonic() - t0:.1f} s (logs in {work})')
         for task in config.tasks:
             instruction = instruction_for(task)
