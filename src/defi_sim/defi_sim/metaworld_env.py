@@ -166,7 +166,13 @@ class MetaWorldSim:
         vis.global_.offwidth, vis.global_.offheight = self.width, self.height
         vis.quality.shadowsize = 0
         vis.quality.offsamples = 0
-        renderer = mujoco.Renderer(self.model, self.height, self.width)
+        try:
+            renderer = mujoco.Renderer(self.model, self.height, self.width)
+        except Exception as err:  # no GL: say which backend failed and what to do
+            raise RuntimeError(
+                f'MuJoCo offscreen rendering failed with MUJOCO_GL={os.environ.get("MUJOCO_GL")!r} '
+                f'({err}); install EGL (libegl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl or '
+                f'osmesa before starting') from err
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                      mujoco.mjtRndFlag.mjRND_SKYBOX):
             renderer.scene.flags[flag] = 0
