@@ -226,7 +226,14 @@ def main(argv=None) -> int:
     rec.add_argument('--max-steps', type=int, default=None, help='control steps per episode at most')
     rec.add_argument('--extra', type=int, default=10, help='observations kept after success')
     rec.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    sub.add_parser('tasks', help='list the Meta-World v3 tasks and their instructions')
     opts = parser.parse_args(argv)
+    if opts.command == 'tasks':
+        from defi_sim.tasks import DEVELOPMENT_TASKS, INSTRUCTIONS
+        for task, text in sorted(INSTRUCTIONS.items()):
+            print(f'{"*" if task in DEVELOPMENT_TASKS else " "} {task:<30} {text}')
+        print('* = development task')
+        return 0
     try:
         return _record_main(opts)
     except (ValueError, FileExistsError, TimeoutError, RuntimeError) as err:
