@@ -65,7 +65,8 @@ def model_only(policy, cfg, seconds: float):
         frame = torch.from_numpy(rng.integers(0, 255, (1, 3, cfg.image_size, cfg.image_size),
                                               dtype=np.uint8))
         t0 = time.perf_counter()
-        policy.predict_action_chunk({'observation.images.front': frame, 'task': [INSTRUCTION]})
+        with torch.inference_mode():      # as the nodes run it
+            policy.predict_action_chunk({'observation.images.front': frame, 'task': [INSTRUCTION]})
         lat.append((time.perf_counter() - t0) * 1e3)
         sent += 1
         next_t += 1.0 / RATE_HZ
@@ -228,24 +229,36 @@ def main():
         policy, cfg = make_checkpoint(args.preset, ckpt, args.torch_threads)
         figures['image_size'] = cfg.image_size
         params = params_file(Path(tmp) / 'params.yaml', ckpt, args.torch_threads)
-        for mode in modes:
-            if mode == 'model':
-                import torch
-                with torch.inference_mode():
-                    for _ in range(3):
-                        model_only(policy, cfg, 0.3)
-                lat, dropped, total = model_only(policy, cfg, seconds)
-                del policy
-            else:
-                lat, dropped, total, compute = through_ros(mode, params, cfg, seconds)
-                figures[f'{mode}_stage_compute_ms_median'] = round(compute, 2)
-                figures[f'{mode}_ros_share_ms_median'] = round(median(lat) - compute, 2)
-            key = {'model': 'model', 'composed': 'composed', 'separate': 'separate'}[mode]
-            figures[f'{key}_ms_median'] = round(median(lat), 2)
-            figures[f'{key}_ms_p95'] = round(percentile(lat, 95), 2)
-            figures[f'{key}_dropped'] = dropped
-            figures[f'{key}_frames'] = total
+        ros_modes = [m for m in modes if m != 'model']
+        model_lat, model_dropped, model_total = [], 0, 0
+
+        def run_model(secs):
+            nonlocal model_dropped, model_total
+            lat, dropped, total = model_only(policy, cfg, secs)
+            model_lat.extend(lat)
+            model_dropped += dropped
+            model_total += total
+        if 'model' in modes:
+            model_only(policy, cfg, 1.0)              # warm-up
+            # half before and half after the ROS runs: the shared machine's load drifts
+            run_model(seconds / 2 if ros_modes else seconds)
+        for mode in ros_modes:
+            lat, dropped, total, compute = through_ros(mode, params, cfg, seconds)
+            figures[f'{mode}_stage_compute_ms_median'] = round(compute, 2)
+            figures[f'{mode}_ros_share_ms_median'] = round(median(lat) - compute, 2)
+            figures[f'{mode}_ms_median'] = round(median(lat), 2)
+            figures[f'{mode}_ms_p95'] = round(percentile(lat, 95), 2)
+            figures[f'{mode}_dropped'] = dropped
+            figures[f'{mode}_frames'] = total
             rows.append((mode, median(lat), percentile(lat, 95), dropped, total))
+        if 'model' in modes:
+            if ros_modes:
+                run_model(seconds / 2)
+            figures['model_ms_median'] = round(median(model_lat), 2)
+            figures['model_ms_p95'] = round(percentile(model_lat, 95), 2)
+            figures['model_dropped'] = model_dropped
+            figures['model_frames'] = model_total
+            rows.insert(0, ('model', median(model_lat), percentile(model_lat, 95), model_dropped, model_total))
     if 'model_ms_median' in figures and 'composed_ms_median' in figures:
         figures['overhead_ms_median'] = round(figures['composed_ms_median'] - figures['model_ms_median'], 2)
     if 'separate_ms_median' in figures and 'model_ms_median' in figures:
