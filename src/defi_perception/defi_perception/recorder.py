@@ -184,8 +184,9 @@ class RecorderNode(Node):
         self.instruction_text = self.config.instruction
         self._instruction_raw: bytes | None = None
         if self.instruction_text:
-            from rclpy.serialization import serialize_message
-            self._instruction_raw = serialize_message(String(data=self.instruction_text))
+            string_type = self.store.types['std_msgs/msg/String']
+            self._instruction_raw = bytes(self.store.serialize_cdr(
+                string_type(data=self.instruction_text), 'std_msgs/msg/String'))
         self._instruction_pending = False
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
