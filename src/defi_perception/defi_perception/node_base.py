@@ -260,7 +260,7 @@ def shutdown_nodes(executor, nodes) -> None:
     rclpy.try_shutdown()
 
 
-def run_node(node_cls, args=None, num_threads: int = 4) -> None:
+def run_node(node_cls, args=None, num_threads: int = 2) -> None:
     """main() of a single-node executable: start (if autostart) and spin a MultiThreadedExecutor."""
     init_ros(args)
     node = node_cls()

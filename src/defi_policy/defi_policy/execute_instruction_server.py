@@ -140,7 +140,7 @@ class ExecuteInstructionServer(DefiNode):
 
 
 def main(args=None) -> None:
-    run_node(ExecuteInstructionServer, args)
+    run_node(ExecuteInstructionServer, args, num_threads=3)   # one is held by a running goal
 
 
 if __name__ == '__main__':
