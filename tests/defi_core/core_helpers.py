@@ -61,7 +61,7 @@ def make_batch(cfg, b=2, seed=0):
     batch = {'observation.images': to_u8(torch.stack([frame(i, 0) for i in range(b)])),
              'future.images': to_u8(torch.stack([torch.stack([frame(i, t) for t in ts]) for i in range(b)])),
              'gap.images': to_u8(torch.stack([frame(i, cfg.frame_gap) for i in range(b)])),
-             'action': torch.rand(b, cfg.horizon, cfg.action_dim, generator=g) * 4 - 1.5,
+             'action': smooth_actions(cfg, b, g),
              'action_is_pad': torch.zeros(b, cfg.horizon, dtype=torch.bool),
              'task': [TASKS[i % len(TASKS)] for i in range(b)],
              'episode_index': torch.arange(b), 'frame_index': torch.zeros(b, dtype=torch.long)}
@@ -69,6 +69,13 @@ def make_batch(cfg, b=2, seed=0):
     if cfg.state_dim:
         batch['observation.state'] = torch.randn(b, cfg.state_dim, generator=g)
     return batch
+
+
+def smooth_actions(cfg, b, g):
+    """Action chunks like a robot's: a per-sample start plus a per-sample constant velocity."""
+    start = torch.rand(b, 1, cfg.action_dim, generator=g) * 3 - 1.5
+    velocity = (torch.rand(b, 1, cfg.action_dim, generator=g) - 0.5) * 0.2
+    return start + velocity * torch.arange(cfg.horizon, dtype=torch.float32)[None, :, None]
 
 
 def obs_from_batch(cfg, batch):

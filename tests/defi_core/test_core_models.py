@@ -89,6 +89,14 @@ def test_gidm_encode_shapes_and_vq():
     assert tokens.shape == (8, 4, cfg.gidm_dim)
     assert codes.min() >= 0 and codes.max() < cfg.codebook_size
     assert codes.unique().numel() > 1
+    # the first training batch sets the codebook from (centered) encoder outputs
+    assert int(gidm.vq.initialized) == 0
+    gidm.train()
+    gidm.loss(b)
+    assert int(gidm.vq.initialized) == 1 and gidm.vq.center.abs().sum() > 0
+    gidm.eval()
+    codes2, _ = gidm.encode(b['observation.images'], b['gap.images'], b['task'])
+    assert codes2.unique().numel() >= 4     # varied inputs spread over the codebook
 
 
 def test_vq_straight_through_commitment_and_dead_code_restart():

@@ -5,7 +5,7 @@ import torch
 from core_helpers import make_batch, make_policy, make_stats, obs_from_batch, tiny_cfg
 
 # Parameter-name prefixes that must train (and only these) under each switch setting.
-GIDM_POLICY_PARTS = ('gidm.text_proj', 'gidm.st_pos', 'gidm.time_emb', 'gidm.action_queries', 'gidm.blocks',
+GIDM_POLICY_PARTS = ('gidm.text_proj', 'gidm.st_pos', 'gidm.time_emb', 'gidm.action_queries', 'gidm.delta_proj', 'gidm.blocks',
                      'gidm.norm', 'gidm.pre_vq', 'gidm.vq.codebook', 'gidm.post_vq')
 HEAD_PARTS = ('video_former.', 'action_head.')
 GFDM_FEATURE_PARTS = ('gfdm.in_proj', 'gfdm.pos_spatial', 'gfdm.pos_time', 'gfdm.sigma_emb', 'gfdm.text_proj',
@@ -130,9 +130,13 @@ def test_action_loss_decreases_when_overfitting_one_batch():
     opt = torch.optim.Adam(policy.trainable_parameters(), lr=2e-3)
 
     def evaluate():
+        policy.eval()               # the VQ's running statistics must not move while evaluating
         torch.manual_seed(99)
         with torch.no_grad():
-            return policy.compute_loss(batch)[1]['action_loss']
+            # fixed mid-range noise levels: the log-normal draw makes single evaluations noisy
+            loss = sum(policy.compute_loss(batch, sigma=s)[1]['action_loss'] for s in (0.3, 1.0, 3.0))
+        policy.train()
+        return loss
     before = evaluate()
     for i in range(40):
         torch.manual_seed(i)

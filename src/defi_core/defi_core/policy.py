@@ -223,8 +223,10 @@ class DefiPolicy(nn.Module):
         self._queue.clear()
 
     # -- training ----------------------------------------------------------------------------------
-    def compute_loss(self, batch):
-        """Finetuning loss: action EDM loss (+ GIDM VQ loss). Batch keys: see the cache contract."""
+    def compute_loss(self, batch, sigma=None):
+        """Finetuning loss: action EDM loss (+ GIDM VQ loss). Batch keys: see the cache contract.
+
+        sigma: optional fixed action noise level, for evaluation curves (default: log-normal)."""
         norm = self._require_normalizer()
         images = batch['observation.images']
         lang = self.encode_instruction(list(batch['task']) if not isinstance(batch['task'], str) else [batch['task']])
@@ -236,7 +238,8 @@ class DefiPolicy(nn.Module):
         ctx = self._context(feats, tokens, lang, state)
         actions = norm.normalize('action', batch['action'].to(self.device).float())
         is_pad = batch.get('action_is_pad')
-        action_loss, mse = self.action_head.loss(ctx, actions, None if is_pad is None else is_pad.to(self.device))
+        action_loss, mse = self.action_head.loss(ctx, actions, None if is_pad is None else is_pad.to(self.device),
+                                                sigma=sigma)
         loss = action_loss + self.cfg.vq_loss_weight * vq_loss
         logs = {'loss': float(loss.detach()), 'action_loss': float(action_loss.detach()),
                 'action_mse': float(mse), 'vq_loss': float(vq_loss.detach())}

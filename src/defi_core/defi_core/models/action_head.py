@@ -72,11 +72,16 @@ class ActionHead(nn.Module):
         x = noise * sigmas[0]
         return edm_sample(lambda xx, s: self.denoise(xx, s, context), x, sigmas, cfg.head_sampler)
 
-    def loss(self, context, actions, is_pad=None):
-        """EDM loss (log-normal sigma) on normalized actions [B, H, A]; padded steps are masked."""
+    def loss(self, context, actions, is_pad=None, sigma=None):
+        """EDM loss (log-normal sigma) on normalized actions [B, H, A]; padded steps are masked.
+
+        sigma: optional fixed noise level (float) for evaluation curves."""
         cfg = self.cfg
         b = actions.shape[0]
-        sigma = (torch.randn(b, device=actions.device) * cfg.p_std + cfg.p_mean).exp()
+        if sigma is None:
+            sigma = (torch.randn(b, device=actions.device) * cfg.p_std + cfg.p_mean).exp()
+        else:
+            sigma = torch.full((b,), float(sigma), device=actions.device)
         noisy = actions + torch.randn_like(actions) * sigma.view(-1, 1, 1)
         denoised = self.denoise(noisy, sigma, context)
         weight = (sigma ** 2 + cfg.action_sigma_data ** 2) / (sigma * cfg.action_sigma_data) ** 2

@@ -36,6 +36,14 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim))
         # EMA of how often each code is picked; travels in the checkpoint with the codebook
         self.register_buffer('usage', torch.full((cfg.codebook_size,), 1.0 / cfg.codebook_size))
+        # 0 until the first training batch sets the codebook from encoder outputs (data-dependent
+        # init): a random codebook on the sphere sits far from the (initially very similar) encoder
+        # outputs, so they all fall into one code and the decoder learns to ignore the latent
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.uint8))
+        # running mean of the encoder outputs, subtracted before the lookup (centering, as in DINO):
+        # early on the outputs share a large input-independent part (query embeddings, biases)
+        # that would otherwise map every input to the same code
+        self.register_buffer('center', torch.zeros(cfg.code_dim))
 
     def forward(self, z):
         """z [B, Q, C] -> (z_q straight-through [B, Q, C], codes Long [B, Q], vq_loss).
@@ -43,8 +51,17 @@ class VectorQuantizer(nn.Module):
         Lookup on l2-normalized vectors (as in ViT-VQGAN): every code is reachable from the
         start, so a fresh codebook does not collapse onto its smallest-norm entry.
         """
-        z = F.normalize(z, dim=-1)
+        if self.training:
+            with torch.no_grad():
+                batch_mean = z.detach().reshape(-1, z.shape[-1]).mean(0)
+                if bool(self.initialized):
+                    self.center.lerp_(batch_mean, 1 - self.cfg.code_usage_decay)
+                else:
+                    self.center.copy_(batch_mean)
+        z = F.normalize(z - self.center, dim=-1)
         flat = z.reshape(-1, z.shape[-1])
+        if self.training and not bool(self.initialized):
+            self._init_from(flat.detach())
         book = F.normalize(self.codebook, dim=-1)
         codes = (flat @ book.t()).argmax(1)
         zq = book[codes].view_as(z)
@@ -54,6 +71,18 @@ class VectorQuantizer(nn.Module):
         if self.training:
             self._restart_dead_codes(flat.detach(), codes)
         return z + (zq - z).detach(), codes.view(z.shape[:-1]), loss
+
+    def non_gradient_state(self) -> list:
+        """Tensors this module edits outside autograd (DDP: broadcast them from rank 0 each step)."""
+        return [self.codebook.data, self.usage, self.center, self.initialized]
+
+    @torch.no_grad()
+    def _init_from(self, flat):
+        pick = torch.randperm(flat.shape[0], device=flat.device)[:self.cfg.codebook_size]
+        if len(pick) < self.cfg.codebook_size:
+            pick = torch.randint(0, flat.shape[0], (self.cfg.codebook_size,), device=flat.device)
+        self.codebook.data.copy_(flat[pick] + 0.01 * torch.randn_like(flat[pick]))
+        self.initialized.fill_(1)
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat, codes):
@@ -83,6 +112,10 @@ class GIDM(nn.Module):
         self.st_pos = nn.Parameter(torch.randn(n, d) * 0.02)
         self.time_emb = nn.Parameter(torch.randn(2, d) * 0.02)
         self.action_queries = nn.Parameter(torch.randn(q, d) * 0.02)
+        # frame t+k's stream also gets the per-patch change since frame t: motion is then visible
+        # token by token instead of having to be discovered through attention (pooled features of a
+        # translated image hardly change). Allowed by the causal mask: t+k may look at t.
+        self.delta_proj = nn.Linear(d, d)
         self.blocks = nn.ModuleList(Block(d, cfg.gidm_heads) for _ in range(cfg.gidm_depth))
         self.norm = nn.LayerNorm(d)
         self.pre_vq = nn.Linear(d, cfg.code_dim)
@@ -128,7 +161,7 @@ class GIDM(nn.Module):
         lang_tok = self.text_proj(self._lang(lang))[:, None]
         queries = self.action_queries[None].expand(b, -1, -1)
         x = torch.cat([lang_tok, tok0 + self.st_pos + self.time_emb[0],
-                       tok1 + self.st_pos + self.time_emb[1], queries], dim=1)
+                       tok1 + self.delta_proj(tok1 - tok0) + self.st_pos + self.time_emb[1], queries], dim=1)
         mask = causal_temporal_mask(n, cfg.num_action_queries, x.device)
         for blk in self.blocks:
             x = blk(x, mask=mask)
