@@ -51,13 +51,17 @@ class ActionHead(nn.Module):
             x = blk(x)
         return self.enc_norm(x)
 
-    def denoise(self, x, sigma, context):
+    def context_kv(self, context):
+        """Per-decoder-layer cross-attention keys/values: computed once per chunk, not per step."""
+        return [blk.cross_attn.project_kv(context) for blk in self.decoder]
+
+    def denoise(self, x, sigma, context, context_kv=None):
         """EDM denoiser on normalized actions x [B, H, A]."""
         cfg = self.cfg
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, cfg.action_sigma_data)
         h = self.action_in(x * c_in.view(-1, 1, 1)) + self.action_pos + self.sigma_emb(c_noise)[:, None]
-        for blk in self.decoder:
-            h = blk(h, context)
+        for i, blk in enumerate(self.decoder):
+            h = blk(h, context, context_kv=None if context_kv is None else context_kv[i])
         f = self.action_out(self.dec_norm(h))
         return c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1) * f
 
@@ -70,7 +74,8 @@ class ActionHead(nn.Module):
         if noise is None:
             noise = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator).to(context.device)
         x = noise * sigmas[0]
-        return edm_sample(lambda xx, s: self.denoise(xx, s, context), x, sigmas, cfg.head_sampler)
+        kv = self.context_kv(context)
+        return edm_sample(lambda xx, s: self.denoise(xx, s, context, kv), x, sigmas, cfg.head_sampler)
 
     def loss(self, context, actions, is_pad=None, sigma=None):
         """EDM loss (log-normal sigma) on normalized actions [B, H, A]; padded steps are masked.

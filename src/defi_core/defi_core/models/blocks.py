@@ -18,13 +18,19 @@ class Attention(nn.Module):
         self.kv = nn.Linear(kv_dim or dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x, context=None, mask=None):
+    def project_kv(self, context):
+        """Keys and values [B, heads, M, D/heads] each; reusable while the context is fixed."""
+        b, m, _ = context.shape
+        d = self.q.out_features
+        k, v = self.kv(context).view(b, m, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, context=None, mask=None, kv=None):
         # x [B, N, D]; context [B, M, Dk]; mask: bool [N, M] or [B, 1, N, M], True = may attend
-        context = x if context is None else context
         b, n, d = x.shape
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.kv(context).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
@@ -53,10 +59,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x, context=None, mask=None, context_kv=None):
         x = x + self.attn(self.norm1(x), mask=mask)
         if self.cross:
-            x = x + self.cross_attn(self.norm_x(x), context)
+            x = x + self.cross_attn(self.norm_x(x), context, kv=context_kv)
         return x + self.mlp(self.norm2(x))
 
 
