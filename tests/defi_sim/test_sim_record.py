@@ -63,6 +63,12 @@ def test_record_cli_writes_one_readable_bag_per_episode(tmp_path):
     goal5 = np.array(read_bag(out / bags[0])['/sim/task_state'][0][1].position[-3:])
     goal6 = np.array(read_bag(out / bags[1])['/sim/task_state'][0][1].position[-3:])
     assert not np.allclose(goal5, goal6)
+    # a seed is the same initial state through ROS as in-process (evaluation compares the two)
+    from defi_sim.metaworld_env import MetaWorldSim
+    local = MetaWorldSim('reach', seed=6, image_size=16)
+    np.testing.assert_allclose(read_bag(out / bags[1])['/sim/task_state'][0][1].position,
+                               local.observation, atol=1e-12)
+    local.close()
 
     # `defi-data inspect` reads them: 40 Hz streams without gaps
     pytest.importorskip('defi_training.data_cli')
