@@ -36,7 +36,7 @@ def test_gradients_reach_exactly_the_trainable_parts(case):
     trainable = {n for n, p in names.items() if p.requires_grad}
     expected = {n for n in names if n.startswith(expected_prefixes)}
     if cfg.gfdm_trainable:    # the output head is not on the features path
-        expected -= {n for n in names if n.startswith(('gfdm.final_ada', 'gfdm.out_proj'))}
+        expected -= {n for n in names if n.startswith(('gfdm.final_ada', 'gfdm.out_proj', 'gfdm.skip_gain'))}
     assert trainable == expected, (sorted(trainable ^ expected))[:8]
     got_grad = {n for n, p in names.items() if p.grad is not None}
     assert got_grad == trainable, sorted(got_grad ^ trainable)[:8]

@@ -41,6 +41,7 @@ class DefiConfig:
     gfdm_heads: int = 4
     gfdm_feature_layer: int = 0          # blocks run by features(); 0 = all blocks
     gfdm_sampling_steps: int = 10
+    gfdm_residual: bool = True           # diffuse future - current frame (most pixels do not move)
     sigma_data: float = 0.5
     sigma_min: float = 0.002
     sigma_max: float = 80.0

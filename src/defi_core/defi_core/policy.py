@@ -66,7 +66,7 @@ class DefiPolicy(nn.Module):
             if not self.cfg.gfdm_trainable:
                 self.gfdm.requires_grad_(False)
             else:   # features() never reaches the output head nor blocks past the feature layer
-                for mod in [self.gfdm.final_ada, self.gfdm.out_proj,
+                for mod in [self.gfdm.final_ada, self.gfdm.out_proj, self.gfdm.skip_gain,
                             *self.gfdm.blocks[self.cfg.gfdm_feature_layer or len(self.gfdm.blocks):]]:
                     mod.requires_grad_(False)
         if self.gidm is not None:

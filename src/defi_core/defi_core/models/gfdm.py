@@ -59,7 +59,12 @@ class GFDM(nn.Module):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
         self.final_ada = nn.Linear(d, 2 * d)
         self.out_proj = nn.Linear(d, 3 * p * p)
-        for m in (self.final_ada, self.out_proj):
+        # Noise-level-dependent per-pixel gain on the noisy input, added to the output. A patch token
+        # (gfdm_dim wide) cannot carry a patch's per-pixel noise (2*3*p*p values), so without this
+        # path the c_skip term keeps the noise at low sigma and samples stay noisy; with it the
+        # network can cancel the noise exactly (gain = -c_skip / (c_in * c_out) gives x0-prediction).
+        self.skip_gain = nn.Linear(d, 3 * p * p)
+        for m in (self.final_ada, self.out_proj, self.skip_gain):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         self._feature_noise: dict = {}     # (shape, device) -> the fixed noise draw of features()
@@ -104,6 +109,8 @@ class GFDM(nn.Module):
         out = self.out_proj(modulate(self.final_norm(h), shift, scale))
         b, t = x_noisy.shape[:2]
         v, hw = cfg.num_views, cfg.image_size
+        x_in = patchify(x_noisy * c_in.view(bc), p).reshape(b, t, cfg.tokens_per_frame, -1)
+        out = out + self.skip_gain(cond)[:, None, None, :] * x_in
         f = unpatchify(out.reshape(b, t, v, cfg.patches_per_view, -1), p, 3, hw, hw)
         return c_skip.view(bc) * x_noisy + c_out.view(bc) * f
 
@@ -141,6 +148,8 @@ class GFDM(nn.Module):
                                device=cond_img.device)
         x = torch.randn(shape, generator=generator).to(cond_img.device) * sigmas[0]
         x = edm_sample(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun')
+        if cfg.gfdm_residual:
+            x = x + cond_img[:, None]
         return ((x.clamp(-1, 1) + 1) / 2)
 
     def loss(self, batch, sigma=None):
@@ -155,6 +164,8 @@ class GFDM(nn.Module):
             raise ValueError(f"batch['future.images'] must be [B, T={cfg.num_future_frames}, V, 3, H, W], "
                              f'got {tuple(batch["future.images"].shape)}')
         lang = self._lang(batch['task'])
+        if cfg.gfdm_residual:
+            target = target - cond_img[:, None]
         b = target.shape[0]
         if sigma is None:
             sigma = (torch.randn(b, device=dev) * cfg.p_std + cfg.p_mean).exp()
