@@ -147,6 +147,7 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
             received.setdefault(stamp_to_ns(msg.header.stamp), t)
     node.create_subscription(ActionChunk, 'defi/action_chunk', on_chunk, qos.RELIABLE)
     stage_ms = {'features_ms': [], 'latent_ms': [], 'decode_ms': []}
+    last_status = {}
     measuring = threading.Event()
 
     def on_status(msg):
@@ -154,6 +155,7 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
         # the latency is the rest (robust to the machine's load changing between modes)
         if not measuring.is_set():
             return
+        last_status[msg.node_name] = msg
         for key, values in stage_ms.items():
             v = getattr(msg, key)
             if v > 0 and msg.node_name in ('forward_predictor', 'latent_action_encoder', 'action_decoder'):
@@ -209,6 +211,10 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
         stop_processes(procs)
     lat = [(got[s] - t) * 1e3 for s, t in sent.items() if s in got]
     compute = sum(median(v) for v in stage_ms.values() if v)
+    # where frames were lost: each node's own counters (worker replaced a pending item, errors)
+    where = {name: {'dropped_frames': st.dropped_frames, 'errors_total': st.errors_total,
+                    'last_error': st.last_error[:120]} for name, st in sorted(last_status.items())}
+    print(f'{mode}: node counters {where}', file=sys.stderr)
     return lat, len(sent) - len(lat), len(sent), compute
 
 

@@ -1,9 +1,4 @@
-import sys
-from pathlib import Path
-
 import pytest
-
-
 
 
 @pytest.fixture(scope='session')

@@ -86,7 +86,6 @@ class Probe:
             return list(self.got[topic])
 
     def status_of(self, node_name):
-        from defi_msgs.msg import PolicyStatus  # noqa: F401
         msgs = [m for m in self.msgs('defi/status') if m.node_name == node_name]
         return msgs[-1] if msgs else None
 

@@ -1,6 +1,4 @@
 """Chunk executor output modes and the ExecuteInstruction action server (real rclpy)."""
-import math
-
 import numpy as np
 import pytest
 

@@ -27,7 +27,7 @@ from defi_msgs.msg import ForwardFeatures, PolicyStatus
 from . import qos
 from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
                           stamp_to_ns)
-from .node_base import CommonParams, DefiNode, run_node
+from .node_base import CommonParams, DefiNode, model_call, run_node
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ForwardPredictorNode(DefiNode):
         import torch
         cfg = self.policy.cfg
         images = torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
-        with torch.inference_mode():
+        with model_call():
             self.policy.forward_features(images, self.policy.encode_instruction(['warm up']))
 
     def teardown(self) -> None:
@@ -154,7 +154,6 @@ class ForwardPredictorNode(DefiNode):
         return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]   # [1, V, 3, H, W]
 
     def _compute_features(self, item) -> None:
-        import torch
         stamp, frames, instruction = item
         age_s = (self.now_ns() - stamp) * 1e-9
         if age_s > self.params.max_age_s:
@@ -162,7 +161,7 @@ class ForwardPredictorNode(DefiNode):
                               f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); skipped')
             return
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction([instruction])
             feats = self.policy.forward_features(self._images(frames), lang)[0]
         arr = feats.float().cpu().numpy()
@@ -174,10 +173,9 @@ class ForwardPredictorNode(DefiNode):
         self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
 
     def _compute_preview(self, item) -> None:
-        import torch
         stamp, frames, instruction = item
         steps = self.params.preview_steps or None
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction([instruction])
             future = self.policy.gfdm.sample(self._images(frames), lang, steps=steps)[0]
         future = future.float().cpu().numpy()              # [T, V, 3, H, W] in [0, 1]

@@ -21,7 +21,7 @@ from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicySta
 from defi_perception import qos
 from defi_perception.conversions import (chunk_to_msg, features_from_msg, latent_from_msg,
                                          stamp_to_ns)
-from defi_perception.node_base import CommonParams, DefiNode, run_node
+from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
 
 from .latent_action_encoder_node import check_features
 
@@ -75,7 +75,7 @@ class ActionDecoderNode(DefiNode):
     def warm_up(self) -> None:
         import torch
         cfg = self.policy.cfg
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction(['warm up'])
             feats = self.policy.forward_features(
                 torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
@@ -174,7 +174,7 @@ class ActionDecoderNode(DefiNode):
                               f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); no chunk')
             return
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction([instruction])
             state_t = None if state is None else torch.from_numpy(state)[None]
             chunk = self.policy.decode_actions(torch.from_numpy(feats.copy())[None],

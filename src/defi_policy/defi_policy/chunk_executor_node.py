@@ -28,7 +28,7 @@ from defi_core.runtime.outputs import (joint_positions, resolve_twist_axes, twis
 from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
 from defi_msgs.msg import ActionChunk, PolicyStatus
 from defi_perception import qos
-from defi_perception.conversions import chunk_from_msg, chunk_to_msg, ns_to_stamp
+from defi_perception.conversions import chunk_from_msg, chunk_to_msg
 from defi_perception.node_base import CommonParams, DefiNode, run_node
 
 OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough')

@@ -11,7 +11,7 @@ from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions, PolicyStatus
 from defi_perception import qos
 from defi_perception.conversions import features_from_msg, latent_to_msg, stamp_to_ns
-from defi_perception.node_base import CommonParams, DefiNode, run_node
+from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
 
 
 @dataclass
@@ -51,7 +51,7 @@ class LatentActionEncoderNode(DefiNode):
     def warm_up(self) -> None:
         import torch
         cfg = self.policy.cfg
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction(['warm up'])
             feats = self.policy.forward_features(
                 torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
@@ -85,7 +85,7 @@ class LatentActionEncoderNode(DefiNode):
         import torch
         stamp, feats, instruction = item
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with model_call():
             lang = self.policy.encode_instruction([instruction])
             codes, tokens = self.policy.latent_actions(torch.from_numpy(feats.copy())[None], lang)
         tokens = tokens[0].float().cpu().numpy()
