@@ -8,7 +8,9 @@ so a node whose configure failed (e.g. a checkpoint that does not exist) still r
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -255,6 +257,9 @@ def init_ros(args=None) -> None:
     the main thread while the context is still valid, so the executor can still publish its stop
     command on the way out (with rclpy's handler the context is already shut down by then)."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # inference threads hold the GIL for long stretches; hand it over more often so that message
+    # callbacks are not starved behind them (GIL convoy: seconds of backlog at the default 5 ms)
+    sys.setswitchinterval(float(os.environ.get('DEFI_GIL_SWITCH_S', '0.0005')))
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
