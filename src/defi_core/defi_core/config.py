@@ -47,6 +47,8 @@ class DefiConfig:
     sigma_max: float = 80.0
     p_mean: float = -1.2                 # log-normal training sigma: ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
+    gfdm_sigma_max_prob: float = 0.1     # share of GFDM training samples at exactly sigma_max: the
+                                         # level features() runs at, far in the log-normal's tail
     # --- Video Former ------------------------------------------------------------------------
     vf_dim: int = 64
     vf_depth: int = 1

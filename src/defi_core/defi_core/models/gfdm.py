@@ -169,6 +169,10 @@ class GFDM(nn.Module):
         b = target.shape[0]
         if sigma is None:
             sigma = (torch.randn(b, device=dev) * cfg.p_std + cfg.p_mean).exp()
+            # features() reads the network at sigma_max (about 4.6 std above the log-normal's
+            # mean): train that level explicitly so the features encode the predicted future
+            at_max = torch.rand(b, device=dev) < cfg.gfdm_sigma_max_prob
+            sigma = torch.where(at_max, torch.full_like(sigma, cfg.sigma_max), sigma)
         else:
             sigma = cfg_sigma(sigma, target)
         noisy = target + torch.randn_like(target) * sigma.view(-1, 1, 1, 1, 1, 1)
