@@ -221,14 +221,16 @@ class StageObjective(nn.Module):
         return self.policy.compute_loss(batch)
 
 
-def export_policy(policy, model_cfg, stage: str, stats: dict, path: Path) -> None:
+def export_policy(policy, model_cfg, stage: str, stats: dict, path: Path, fps: float) -> None:
     """A defi_core checkpoint: the whole policy (finetune) or the stage's component (gfdm / gidm;
-    load_component opens it, finetune loads it with load_state_into)."""
+    load_component opens it, finetune loads it with load_state_into). The data rate travels with
+    it: the runtime needs it for the chunk's dt (one action per frame of the training data)."""
     from defi_core.checkpoint import save_checkpoint
+    extra = {'fps': float(fps)}
     if stage == 'finetune':
-        save_checkpoint(path, policy, model_cfg, stats or None)
+        save_checkpoint(path, policy, model_cfg, stats or None, extra=extra)
     else:
-        save_checkpoint(path, policy, model_cfg, component=stage)
+        save_checkpoint(path, policy, model_cfg, component=stage, extra=extra)
 
 
 def load_run_weights(policy, ckpt_dir: Path, stage: str) -> None:
@@ -465,7 +467,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         path = None
         if info.is_main:
             path = save_run_checkpoint(
-                run_dir, step, export_policy=lambda p: export_policy(policy, model_cfg, cfg.stage, stats, p),
+                run_dir, step, export_policy=lambda p: export_policy(policy, model_cfg, cfg.stage, stats, p, cache.meta['fps']),
                 optimizer=optimizer, rng_blobs=blobs, keep=cfg.keep_checkpoints,
                 trainer_state={'stage': cfg.stage, 'sampler': sampler.position(step), 'seed': cfg.seed,
                                'train_samples': len(train_ds), 'batch_size': cfg.batch_size,
@@ -562,7 +564,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     if len(set(digests)) != 1:
         log.warning(f'DDP ranks ended with different weights: {digests}')
     if info.is_main:
-        export_policy(policy, model_cfg, cfg.stage, stats, final_dir)
+        export_policy(policy, model_cfg, cfg.stage, stats, final_dir, cache.meta['fps'])
         (run_dir / 'summary.json').write_text(json.dumps({
             'stage': cfg.stage, 'steps': cfg.steps, 'final_loss': last_loss, 'samples_per_s': throughput,
             'world_size': info.world_size, 'rank_weight_sha256': digests, 'export': str(final_dir)}, indent=2))
