@@ -8,7 +8,8 @@ Synthetic clips (smooth colour blobs translating with one of 8 motions, see core
   pairs whose code tuple is the majority tuple of their motion and of no other motion).
 - GFDM: the instruction names the motion ("move left", ...), so frame t + instruction determine the
   future. Mean squared error (pixels in [0, 1]) of 10-step Heun samples of the 4 future frames of
-  held-out clips vs the truth, next to two baselines: copying the current frame, the mean image.
+  held-out clips vs the truth, and of the single denoiser pass at sigma_max (the pass features()
+  runs, read out as a prediction), next to two baselines: copying the current frame, the mean image.
 Last line: one JSON object with the figures.
 """
 import argparse
@@ -89,7 +90,17 @@ def gfdm_check(steps: int) -> dict:
     pred = model.sample(b['observation.images'], b['task'], steps=10, generator=torch.Generator().manual_seed(0))
     truth = b['future.images'].float() / 255
     copy = b['observation.images'].float()[:, None] / 255
+    # the one pass at sigma_max (what features() runs) read out as a prediction: the denoiser's
+    # estimate of the future from pure noise, i.e. the conditional mean given frame t + instruction
+    with torch.no_grad():
+        cond = model._cond_images(b['observation.images'])
+        noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(1)) * cfg.sigma_max
+        est = model.denoise(noise, cfg.sigma_max, cond, model._lang(b['task']))
+        if cfg.gfdm_residual:
+            est = est + cond[:, None]
+        one_step = ((est.clamp(-1, 1) + 1) / 2 - truth).pow(2).mean()
     return {'steps': steps, 'sample_mse': round(float(((pred - truth) ** 2).mean()), 4),
+            'one_step_at_sigma_max_mse': round(float(one_step), 4),
             'copy_current_frame_mse': round(float(((copy - truth) ** 2).mean()), 4),
             'mean_image_mse': round(float(((truth.mean() - truth) ** 2).mean()), 4)}
 
