@@ -250,10 +250,9 @@ def sync_non_gradient_state(policy, info: DistInfo) -> None:
         return
     import torch.distributed as dist
     for module in policy.modules():
-        for name in ('codebook', 'usage'):
-            t = getattr(module, name, None)
-            if torch.is_tensor(t):
-                dist.broadcast(t.data, src=0)
+        if hasattr(module, 'non_gradient_state'):   # the VQ: codebook, usage, centre, init flag
+            for t in module.non_gradient_state():
+                dist.broadcast(t, src=0)
 
 
 def weights_digest(policy) -> str:
