@@ -33,9 +33,12 @@ forward_predictor:
     camera_topics: ["camera/front/image_raw"]
     preview_rate_hz: 0.0
 """)
+    # Logs go to a file: an unread pipe fills up and blocks the process on its next log line.
+    log = open(tmp_path / 'bringup.log', 'w+')
     proc = subprocess.Popen([sys.executable, '-m', 'defi_policy.bringup', '--ros-args',
                              '--params-file', str(params)], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    output = lambda: (tmp_path / 'bringup.log').read_text()[-4000:]  # noqa: E731
     probe = Probe(ros_context)
     probe.listen(ActionChunk, 'defi/action_chunk', qos.RELIABLE)
     probe.listen(ActionChunk, 'defi/action_command', qos.RELIABLE)
@@ -47,7 +50,7 @@ forward_predictor:
         deadline = time.monotonic() + 60
         k = 0
         while time.monotonic() < deadline and len(probe.msgs('defi/action_command')) < 2:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, output()
             cam.publish(image_msg(probe.now(), seed=k))
             k += 1
             spin(ex, lambda: False, timeout_s=0.1)
@@ -59,8 +62,13 @@ forward_predictor:
         proc.send_signal(signal.SIGINT)
         assert spin(ex, lambda: any(all(v == 0.0 for v in m.data)
                                     for m in probe.msgs('defi/action_command')[n:]), timeout_s=10)
-        proc.wait(20)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail('defi_bringup did not exit within 30 s of SIGINT:\n' + output())
+        assert proc.returncode == 0, output()
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
         shutdown(ex, [probe.node])
