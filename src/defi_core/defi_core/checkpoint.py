@@ -176,6 +176,8 @@ def load_policy(dirpath, device='cpu', text_encoder=None, **cfg_overrides):
     policy = DefiPolicy(cfg, text_encoder=text_encoder)
     _strict_load(policy, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
     policy.set_normalization(load_stats(dirpath))
+    # what training recorded (e.g. the data's fps, which gives the chunk dt at run time)
+    policy.checkpoint_extra = dict(meta.get('extra') or {})
     return policy.to(device).eval()
 
 

@@ -26,6 +26,7 @@ from defi_perception.node_base import CommonParams, DefiNode, model_call, run_no
 from .latent_action_encoder_node import check_features
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
+FALLBACK_DT_S = 0.1  # chunk dt when neither the parameter nor the checkpoint gives one
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ActionDecoderParams(CommonParams):
     joint_states_topic: str = 'joint_states'
     state_names: List[str] = field(default_factory=list)   # joints forming the state; [] = first state_dim
     action_names: List[str] = field(default_factory=list)  # [] = a0, a1, ...
-    action_dt: float = 0.1                                  # seconds between chunk steps
+    action_dt: float = 0.0       # seconds between chunk steps; 0 = 1/fps of the checkpoint's training data
     max_age_s: float = 1.0
     frame_id: str = ''
 
@@ -58,8 +59,9 @@ class ActionDecoderNode(DefiNode):
         if p.action_names and len(p.action_names) != cfg.action_dim:
             raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for the "
                              f'checkpoint action_dim {cfg.action_dim}')
-        if not p.action_dt > 0:
-            raise ValueError(f"parameter 'action_dt': must be > 0, got {p.action_dt}")
+        if p.action_dt < 0:
+            raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
+        self.action_dt = p.action_dt or self._checkpoint_dt()
         self.names = list(p.action_names) or [f'a{i}' for i in range(cfg.action_dim)]
         self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
                                  callback_group=self.callbacks)
@@ -71,6 +73,20 @@ class ActionDecoderNode(DefiNode):
         self.chunk_pub = self.create_publisher(ActionChunk, p.chunk_topic, qos.RELIABLE)
         self.worker = LatestWorker(self._compute, 'defi-decode', lambda exc: self.report_error(
             'other', f'action decoding failed: {type(exc).__name__}: {exc}'))
+
+    def _checkpoint_dt(self) -> float:
+        """1/fps of the data the checkpoint was trained on (config.json extra.fps)."""
+        fps = (getattr(self.policy, 'checkpoint_extra', None) or {}).get('fps')
+        try:
+            fps = float(fps or 0.0)
+        except (TypeError, ValueError):
+            fps = 0.0
+        if fps > 0:
+            return 1.0 / fps
+        self.get_logger().warning(f"the checkpoint records no training fps (config.json extra.fps): "
+                                  f"chunk dt = {FALLBACK_DT_S} s; set parameter 'action_dt' to the "
+                                  'control period of the training data')
+        return FALLBACK_DT_S
 
     def warm_up(self) -> None:
         import torch
@@ -184,7 +200,7 @@ class ActionDecoderNode(DefiNode):
             # published anyway: the executor must see it and command a stop now
             self.report_error('non_finite_outputs', f'{self.params.chunk_topic}: decoded chunk has '
                               'non-finite values (the executor will stop)')
-        self.chunk_pub.publish(chunk_to_msg(actions, stamp, self.params.action_dt, self.names,
+        self.chunk_pub.publish(chunk_to_msg(actions, stamp, self.action_dt, self.names,
                                             instruction, self.params.frame_id))
         self.counters.set(decode_ms=(time.perf_counter() - t0) * 1e3,
                           chunk_ms=(self.now_ns() - stamp) * 1e-6)
