@@ -92,8 +92,8 @@ def main(argv=None) -> int:
 
     import torch
     torch.set_num_threads(max(1, args.threads))
-    from defi_sim.evaluate import (checkpoint_chunk_dt, load_eval_policy, run_inprocess, run_ros,
-                                   write_pictures)
+    from defi_sim.evaluate import checkpoint_chunk_dt, load_eval_policy, run_inprocess, write_pictures
+    from defi_sim.evaluate_ros import run_ros
     from defi_training.evaluation import results_markdown, summarize, write_results
 
     out = Path(args.out)
