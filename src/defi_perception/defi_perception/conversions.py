@@ -17,7 +17,8 @@ from defi_core.image_codec import decode_compressed, decode_image, encode_image,
 from defi_core.runtime.chunk_schedule import Chunk
 
 __all__ = ['stamp_to_ns', 'ns_to_stamp', 'image_msg_to_rgb', 'rgb_to_image_msg', 'float32_array',
-           'features_to_msg', 'features_from_msg', 'latent_to_msg', 'latent_from_msg',
+           'features_to_msg', 'features_from_msg', 'check_features', 'policy_features_from_msg',
+           'latent_to_msg', 'latent_from_msg',
            'chunk_to_msg', 'chunk_from_msg', 'is_compressed_topic']
 
 
@@ -91,6 +92,30 @@ def features_from_msg(msg: ForwardFeatures) -> np.ndarray:
     if int(np.prod(shape)) != data.size:
         raise ValueError(f'data: {data.size} values do not fill shape {list(shape)}')
     return data.reshape(shape)
+
+
+def check_features(feats: np.ndarray, cfg, topic: str) -> None:
+    """Features must be [T, N, C] with the checkpoint's T and C; errors name the topic and field."""
+    frames = int(getattr(cfg, 'feature_frames', cfg.num_future_frames))
+    if feats.ndim != 3 or feats.shape[0] != frames:
+        raise ValueError(f'{topic}: shape {list(feats.shape)} is not [T={frames}, N, C]')
+    dim = getattr(cfg, 'feature_dim', None)
+    if dim and feats.shape[2] != dim:
+        raise ValueError(f'{topic}: shape {list(feats.shape)} has C={feats.shape[2]}, '
+                         f'the checkpoint expects C={dim}')
+
+
+def policy_features_from_msg(msg: ForwardFeatures, cfg, topic: str):
+    """(features [T, N, C], instruction) of a ForwardFeatures message received on `topic`, checked
+    against the checkpoint's config `cfg`; a ValueError naming the topic and the field otherwise."""
+    try:
+        feats = features_from_msg(msg)
+    except ValueError as exc:
+        raise ValueError(f'{topic}: {exc}') from None
+    check_features(feats, cfg, topic)
+    if not msg.instruction.strip():
+        raise ValueError(f'{topic}: empty instruction field')
+    return feats, msg.instruction
 
 
 def latent_to_msg(codes: np.ndarray, tokens: np.ndarray, stamp_ns: int,

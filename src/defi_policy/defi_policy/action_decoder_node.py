@@ -19,11 +19,9 @@ from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
 from defi_perception import qos
-from defi_perception.conversions import (chunk_to_msg, features_from_msg, latent_from_msg,
+from defi_perception.conversions import (chunk_to_msg, latent_from_msg, policy_features_from_msg,
                                          stamp_to_ns)
 from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
-
-from .latent_action_encoder_node import check_features
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
 FALLBACK_DT_S = 0.1  # chunk dt when neither the parameter nor the checkpoint gives one
@@ -115,19 +113,14 @@ class ActionDecoderNode(DefiNode):
     def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
             return
-        topic = self.params.features_topic
         try:
-            feats = features_from_msg(msg)
-            check_features(feats, self.policy.cfg, topic)
+            feats, instruction = policy_features_from_msg(msg, self.policy.cfg, self.params.features_topic)
         except ValueError as exc:
-            self.report_error('malformed_inputs', f'{topic}: {exc}' if topic not in str(exc) else str(exc))
-            return
-        if not msg.instruction.strip():
-            self.report_error('malformed_inputs', f'{topic}: empty instruction field')
+            self.report_error('malformed_inputs', str(exc))
             return
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            self._features[stamp] = (feats, msg.instruction)
+            self._features[stamp] = (feats, instruction)
             while len(self._features) > PAIRING_WINDOW:
                 self._features.popitem(last=False)
         self._try_pair(stamp)

@@ -4,13 +4,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions, PolicyStatus
 from defi_perception import qos
-from defi_perception.conversions import features_from_msg, latent_to_msg, stamp_to_ns
+from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
 from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
 
 
@@ -19,17 +17,6 @@ class LatentEncoderParams(CommonParams):
     features_topic: str = 'defi/forward_features'
     latent_topic: str = 'defi/latent_actions'
     frame_id: str = ''
-
-
-def check_features(feats: np.ndarray, cfg, topic: str) -> None:
-    """Features must be [T, N, C] with the checkpoint's T and C; errors name the topic and field."""
-    frames = int(getattr(cfg, 'feature_frames', cfg.num_future_frames))
-    if feats.ndim != 3 or feats.shape[0] != frames:
-        raise ValueError(f'{topic}: shape {list(feats.shape)} is not [T={frames}, N, C]')
-    dim = getattr(cfg, 'feature_dim', None)
-    if dim and feats.shape[2] != dim:
-        raise ValueError(f'{topic}: shape {list(feats.shape)} has C={feats.shape[2]}, '
-                         f'the checkpoint expects C={dim}')
 
 
 class LatentActionEncoderNode(DefiNode):
@@ -69,17 +56,12 @@ class LatentActionEncoderNode(DefiNode):
     def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
             return
-        topic = self.params.features_topic
         try:
-            feats = features_from_msg(msg)
-            check_features(feats, self.policy.cfg, topic)
+            feats, instruction = policy_features_from_msg(msg, self.policy.cfg, self.params.features_topic)
         except ValueError as exc:
-            self.report_error('malformed_inputs', f'{topic}: {exc}' if topic not in str(exc) else str(exc))
+            self.report_error('malformed_inputs', str(exc))
             return
-        if not msg.instruction.strip():
-            self.report_error('malformed_inputs', f'{topic}: empty instruction field')
-            return
-        self.worker.submit((stamp_to_ns(msg.header.stamp), feats, msg.instruction))
+        self.worker.submit((stamp_to_ns(msg.header.stamp), feats, instruction))
 
     def _compute(self, item) -> None:
         import torch
