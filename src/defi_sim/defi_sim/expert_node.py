@@ -11,8 +11,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -20,6 +18,7 @@ from defi_msgs.msg import ActionChunk
 from sensor_msgs.msg import JointState
 
 from defi_sim.metaworld_env import ACTION_NAMES
+from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name, instruction_for
 
 OBSERVATION_SIZE = 39
@@ -84,18 +83,7 @@ class ExpertNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ExpertNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(ExpertNode, args)
 
 
 if __name__ == '__main__':

@@ -33,8 +33,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -49,6 +47,7 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
+from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name
 
 MODES = ('realtime', 'lockstep')
@@ -368,18 +367,7 @@ class SimNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(SimNode, args)
 
 
 if __name__ == '__main__':
