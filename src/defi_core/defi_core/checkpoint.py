@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .files import replace_directory
 from .config import SCHEMA_VERSION, DefiConfig
 from .normalization import Normalizer
 
@@ -79,13 +80,7 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
             (tmp / STATS_JSON).write_text(json.dumps(norm.to_json(), indent=1))
             meta['normalization_modes'] = norm.modes
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        old = None
-        if dirpath.exists():
-            old = dirpath.with_name(f'.{dirpath.name}.old{os.getpid()}')
-            os.replace(dirpath, old)
-        os.replace(tmp, dirpath)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, dirpath)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

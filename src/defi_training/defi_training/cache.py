@@ -22,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
+from defi_core.files import replace_directory
+
 from .sources import Episode, Report, iter_episodes
 from .topic_map import TopicMap
 
@@ -154,13 +156,7 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
         stats_out = {k: s.result() for k, s in stats.items() if s.n}
         _atomic_json(tmp / 'stats.json', stats_out)
         _atomic_json(tmp / 'meta.json', meta)
-        if out_dir.exists():
-            old = out_dir.parent / f'.{out_dir.name}.old-{os.getpid()}'
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file, save, save_file
 
+from defi_core.files import replace_directory
+
 CKPT_PREFIX = 'step_'
 TRAINER_STATE = 'trainer_state.json'
 
@@ -150,13 +152,7 @@ def save_run_checkpoint(run_dir: str | Path, step: int, *, export_policy: Callab
         (tmp / f'rng_rank{rank}.safetensors').write_bytes(blob)
     _write_json(tmp / TRAINER_STATE, {**trainer_state, 'step': step, 'world_size': len(rng_blobs)})
     _fsync_dir_files(tmp)
-    if final.exists():                       # the same step saved again (e.g. after a resume)
-        trash = root / f'.old-{final.name}-{os.getpid()}'
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_directory(tmp, final)            # final exists when a step is saved again (after a resume)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from defi_core.files import replace_directory
 from defi_core.image_codec import ImageDecodeError, decode_compressed, resize_image
 from defi_core.timesync import asof_indices, fixed_rate_times
 
@@ -376,13 +377,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
         }
         (tmp / 'meta' / 'info.json').write_text(json.dumps(info, indent=2))
         (tmp / 'meta' / 'stats.json').write_text(json.dumps(stats, indent=2))
-        if out_dir.exists():
-            old = out_dir.parent / f'.{out_dir.name}.old-{os.getpid()}'
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         for container, _, _ in writers.values():
             try:
