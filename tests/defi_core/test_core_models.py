@@ -46,6 +46,21 @@ def test_gfdm_shapes_features_and_sampling(cameras):
     assert gfdm.features(big[:, None].expand(-1, len(cameras), -1, -1, -1), lang).shape == feats.shape
 
 
+def test_gfdm_sample_steps_yields_once_per_step_and_ends_at_sample():
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    gfdm = GFDM(cfg).eval()
+    batch = make_batch(cfg, b=2)
+    lang = gfdm.encode_text(batch['task'])
+    images = batch['observation.images']
+    steps = list(gfdm.sample_steps(images, lang, steps=3, generator=torch.Generator().manual_seed(5)))
+    assert len(steps) == 3
+    assert all(s.shape == (2, cfg.num_future_frames, 1, 3, 64, 64) for s in steps)
+    assert not torch.equal(steps[0], steps[-1])            # the sample changes from step to step
+    final = gfdm.sample(images, lang, steps=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(steps[-1], final)                    # bit-identical to sample()
+
+
 def test_gfdm_feature_layer_is_a_partial_pass():
     cfg = tiny_cfg(gfdm_depth=3, gfdm_feature_layer=1)
     torch.manual_seed(0)

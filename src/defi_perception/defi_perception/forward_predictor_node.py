@@ -173,23 +173,18 @@ class ForwardPredictorNode(DefiNode):
         self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
 
     def _compute_preview(self, item) -> None:
-        import torch
         stamp, frames, instruction = item
         steps = self.params.preview_steps or None
         gfdm = self.policy.gfdm
         with model_call():
             lang = self.policy.encode_instruction([instruction])
-        if hasattr(gfdm, 'denoise'):
-            # the model lock is taken per denoising step, so the control path waits at most one
-            # step instead of a whole sampling loop (measured at 1 Hz, 10 steps, base: the whole
-            # loop under the lock dropped 21 of 201 frames, p95 306 ms)
-            with torch.inference_mode():
-                future = type(gfdm).sample(_StepLockedModel(gfdm), self._images(frames), lang,
-                                           steps=steps)[0]
-        else:
-            with model_call():
-                future = gfdm.sample(self._images(frames), lang, steps=steps)[0]
-        future = future.float().cpu().numpy()              # [T, V, 3, H, W] in [0, 1]
+        # the model lock is taken per denoising step, so the control path waits at most one step
+        # instead of a whole sampling loop (measured at 1 Hz, 10 steps, base: the whole loop under
+        # the lock dropped 21 of 201 frames, p95 306 ms)
+        future = None
+        for future in _one_step_at_a_time(gfdm.sample_steps(self._images(frames), lang, steps=steps)):
+            pass
+        future = future[0].float().cpu().numpy()           # [T, V, 3, H, W] in [0, 1]
         if future.ndim == 4:                               # [T, 3, H, W]: one view
             future = future[:, None]
         rows = []
@@ -201,21 +196,19 @@ class ForwardPredictorNode(DefiNode):
         self.preview_pub.publish(rgb_to_image_msg(strip, stamp, self.params.frame_id))
 
 
-class _StepLockedModel:
-    """Stands in for the GFDM inside its own sample(): every attribute is the model's, except
-    denoise(), which takes the process's model lock for one step and then yields it."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def denoise(self, *args, **kwargs):
+def _one_step_at_a_time(steps):
+    """Advance a step generator (GFDM.sample_steps) under the process's model lock, releasing the
+    lock between steps."""
+    while True:
         with model_call():
-            out = self._model.denoise(*args, **kwargs)
+            item = next(steps, _DONE)
+        if item is _DONE:
+            return
+        yield item
         time.sleep(0.0005)          # let a waiting control-path call take the lock first
-        return out
+
+
+_DONE = object()
 
 
 def main(args=None) -> None:

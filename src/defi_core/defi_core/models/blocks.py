@@ -136,8 +136,9 @@ def edm_scalings(sigma, sigma_data: float):
     return c_skip, c_out, c_in, c_noise
 
 
-def edm_sample(denoise, x, sigmas, sampler: str = 'euler'):
-    """Deterministic EDM ODE sampler. denoise(x, sigma[B]) -> x0 estimate; x starts at sigmas[0] scale."""
+def edm_sample_steps(denoise, x, sigmas, sampler: str = 'euler'):
+    """edm_sample one step at a time: yields x after each of the len(sigmas) - 1 steps (a caller can
+    pause or lock between steps); the last value yielded is edm_sample's result."""
     b = x.shape[0]
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -147,6 +148,13 @@ def edm_sample(denoise, x, sigmas, sampler: str = 'euler'):
             d2 = (x_next - denoise(x_next, s_next.expand(b))) / s_next
             x_next = x + (s_next - s) * 0.5 * (d + d2)
         x = x_next
+        yield x
+
+
+def edm_sample(denoise, x, sigmas, sampler: str = 'euler'):
+    """Deterministic EDM ODE sampler. denoise(x, sigma[B]) -> x0 estimate; x starts at sigmas[0] scale."""
+    for x in edm_sample_steps(denoise, x, sigmas, sampler):
+        pass
     return x
 
 

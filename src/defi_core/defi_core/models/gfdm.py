@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import DefiConfig
 from ..language import make_text_encoder
-from .blocks import (Attention, FourierEmbedding, MLP, edm_sample, edm_scalings, fixed_noise,
+from .blocks import (Attention, FourierEmbedding, MLP, edm_sample_steps, edm_scalings, fixed_noise,
                      images_to_float, karras_sigmas, modulate, patchify, unpatchify)
 
 FEATURE_NOISE_SEED = 20260416  # features() uses one fixed noise draw so its output is deterministic
@@ -139,6 +139,16 @@ class GFDM(nn.Module):
     @torch.no_grad()
     def sample(self, images, lang, steps: int | None = None, generator=None) -> torch.Tensor:
         """Predicted future frames [B, T, V, 3, H, W] in [0, 1] (deterministic Heun sampler)."""
+        frames = None
+        for frames in self.sample_steps(images, lang, steps, generator):
+            pass
+        return frames
+
+    @torch.no_grad()
+    def sample_steps(self, images, lang, steps: int | None = None, generator=None):
+        """sample() one denoising step at a time: a generator that yields, after each Heun step, the
+        frames [B, T, V, 3, H, W] in [0, 1] of the sample so far; the last one is sample()'s output.
+        Between steps the caller may do anything, e.g. release a lock that other inference waits on."""
         cfg = self.cfg
         cond_img = self._cond_images(images)
         lang = self._lang(lang)
@@ -147,10 +157,9 @@ class GFDM(nn.Module):
         sigmas = karras_sigmas(steps or cfg.gfdm_sampling_steps, cfg.sigma_min, cfg.sigma_max,
                                device=cond_img.device)
         x = torch.randn(shape, generator=generator).to(cond_img.device) * sigmas[0]
-        x = edm_sample(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun')
-        if cfg.gfdm_residual:
-            x = x + cond_img[:, None]
-        return ((x.clamp(-1, 1) + 1) / 2)
+        for x in edm_sample_steps(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun'):
+            frames = x + cond_img[:, None] if cfg.gfdm_residual else x
+            yield (frames.clamp(-1, 1) + 1) / 2
 
     def loss(self, batch, sigma=None):
         """EDM loss with log-normal sigma on batch['future.images'] given batch['observation.images'].
