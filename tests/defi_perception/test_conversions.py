@@ -84,3 +84,23 @@ def test_feature_latent_and_chunk_round_trips():
     chunk = chunk_from_msg(chunk_to_msg(np.arange(6).reshape(3, 2), 11, 0.05, ['x', 'y'], 'go'))
     assert chunk.stamp_ns == 11 and chunk.dt_s == pytest.approx(0.05)
     assert chunk.actions.tolist() == [[0, 1], [2, 3], [4, 5]] and chunk.names == ('x', 'y')
+
+
+def test_policy_features_are_checked_against_the_checkpoint_config():
+    from types import SimpleNamespace
+    from defi_perception.conversions import features_to_msg, policy_features_from_msg
+    cfg = SimpleNamespace(num_future_frames=4, feature_dim=16)
+    feats = np.zeros((4, 8, 16), np.float32)
+    got, instruction = policy_features_from_msg(features_to_msg(feats, 5, 'open the drawer'), cfg, 'defi/ff')
+    assert got.shape == (4, 8, 16) and instruction == 'open the drawer'
+    with pytest.raises(ValueError, match=r'defi/ff: shape \[4, 8, 16\] has C=16, the checkpoint expects C=32'):
+        policy_features_from_msg(features_to_msg(feats, 5, 'go'), SimpleNamespace(num_future_frames=4,
+                                                                                     feature_dim=32), 'defi/ff')
+    with pytest.raises(ValueError, match=r'defi/ff: shape .* is not \[T=2'):
+        policy_features_from_msg(features_to_msg(feats, 5, 'go'), SimpleNamespace(num_future_frames=2), 'defi/ff')
+    with pytest.raises(ValueError, match='defi/ff: empty instruction'):
+        policy_features_from_msg(features_to_msg(feats, 5, '  '), cfg, 'defi/ff')
+    bad = features_to_msg(feats, 5, 'go')
+    bad.shape = [4, 8, 15]
+    with pytest.raises(ValueError, match='defi/ff: data'):
+        policy_features_from_msg(bad, cfg, 'defi/ff')

@@ -42,6 +42,9 @@ def _one_chunk(ros_context, spin, policy, node_params):
         assert spin(ex, lambda: probe.msgs('defi/action_chunk'), timeout_s=5)
         chunk = probe.msgs('defi/action_chunk')[-1]
         assert np.all(np.isfinite(chunk.data))
+        # the base node reports the inference worker's drops in defi/status
+        node.worker.dropped = 3
+        assert node.status_message().dropped_frames == 3
         return chunk
     finally:
         shutdown(ex, [node, probe.node])

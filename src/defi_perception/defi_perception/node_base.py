@@ -83,6 +83,7 @@ class DefiNode(LifecycleNode):
     params_cls: Any = CommonParams
     needs_policy = True
     status_row = 0          # line of this node in the RViz status text
+    worker = None           # a model node's inference worker (LatestWorker), made in setup()
 
     def __init__(self, node_name: str, *, policy=None, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -113,10 +114,16 @@ class DefiNode(LifecycleNode):
         """Run the model stage once so the first real message is not slow."""
 
     def teardown(self) -> None:
-        """Stop workers; called on shutdown and destroy."""
+        """Stop workers; called on shutdown and destroy. By default: closes self.worker."""
+        if self.worker is not None:
+            self.worker.close()
 
     def fill_status(self, msg: PolicyStatus) -> None:
-        """Add node-specific fields to the status message."""
+        """Add node-specific fields to the status message. By default: self.worker's dropped
+        items and whether it is busy."""
+        if self.worker is not None:
+            msg.dropped_frames = self.worker.dropped
+            msg.queue_depth = int(self.worker.busy)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

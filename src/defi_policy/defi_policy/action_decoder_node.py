@@ -17,7 +17,7 @@ from sensor_msgs.msg import JointState
 
 from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
-from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
+from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import (chunk_to_msg, latent_from_msg, policy_features_from_msg,
                                          stamp_to_ns)
@@ -96,15 +96,6 @@ class ActionDecoderNode(DefiNode):
             _, tokens = self.policy.latent_actions(feats, lang)
             state = torch.zeros(1, cfg.state_dim) if cfg.state_dim > 0 else None
             self.policy.decode_actions(feats, tokens, lang, state)
-
-    def teardown(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-
-    def fill_status(self, msg: PolicyStatus) -> None:
-        if self.worker is not None:
-            msg.dropped_frames = self.worker.dropped
-            msg.queue_depth = int(self.worker.busy)
 
     # ---- callbacks ----------------------------------------------------------------------------
     def on_joint_state(self, msg: JointState) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
-from defi_msgs.msg import ForwardFeatures, LatentActions, PolicyStatus
+from defi_msgs.msg import ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
 from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
@@ -43,15 +43,6 @@ class LatentActionEncoderNode(DefiNode):
             feats = self.policy.forward_features(
                 torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
             self.policy.latent_actions(feats, lang)
-
-    def teardown(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-
-    def fill_status(self, msg: PolicyStatus) -> None:
-        if self.worker is not None:
-            msg.dropped_frames = self.worker.dropped
-            msg.queue_depth = int(self.worker.busy)
 
     def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
