@@ -16,3 +16,17 @@ def test_replace_directory_creates_and_replaces(tmp_path):
     # the old contents are gone, nothing is left beside the destination
     assert sorted(p.name for p in dest.iterdir()) == ['b.txt']
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_temp_directory_for_refuses_an_existing_destination_unless_overwrite(tmp_path):
+    import pytest
+    from defi_core.files import temp_directory_for
+    dest = tmp_path / 'sub' / 'cache'
+    tmp = temp_directory_for(dest)
+    assert tmp.is_dir() and tmp.parent == dest.parent and list(tmp.iterdir()) == []
+    (tmp / 'stale.txt').write_text('x')
+    replace_directory(tmp, dest)
+    with pytest.raises(FileExistsError, match='cache exists; pass overwrite=True'):
+        temp_directory_for(dest)
+    again = temp_directory_for(dest, overwrite=True)
+    assert list(again.iterdir()) == [] and (dest / 'stale.txt').exists()

@@ -5,7 +5,20 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ['replace_directory']
+__all__ = ['temp_directory_for', 'replace_directory']
+
+
+def temp_directory_for(dest, overwrite: bool = False) -> Path:
+    """A new empty directory beside `dest` to write into, then `replace_directory(tmp, dest)`;
+    FileExistsError when `dest` exists and `overwrite` is false."""
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f'{dest} exists; pass overwrite=True (--overwrite) to replace it')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f'.{dest.name}.tmp-{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)      # left over from a crashed run of this pid
+    tmp.mkdir()
+    return tmp
 
 
 def replace_directory(tmp, dest) -> None:

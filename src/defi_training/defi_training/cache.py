@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from defi_core.files import replace_directory
+from defi_core.files import replace_directory, temp_directory_for
 
 from .sources import Episode, Report, iter_episodes
 from .topic_map import TopicMap
@@ -77,13 +77,8 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
     one (cameras, image size, state/action width) are skipped and reported."""
     out_dir = Path(out_dir)
     report = report or Report()
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f'.{out_dir.name}.tmp-{os.getpid()}'
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / 'episodes').mkdir(parents=True)
+    tmp = temp_directory_for(out_dir, overwrite)
+    (tmp / 'episodes').mkdir()
     t0 = time.perf_counter()
     ref: dict | None = None
     entries: list[dict] = []

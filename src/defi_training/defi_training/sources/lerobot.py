@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from defi_core.files import replace_directory
+from defi_core.files import replace_directory, temp_directory_for
 from defi_core.image_codec import ImageDecodeError, decode_compressed, resize_image
 from defi_core.timesync import asof_indices, fixed_rate_times
 
@@ -245,12 +245,8 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
     report = report or Report()
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f'.{out_dir.name}.tmp-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / 'meta').mkdir(parents=True)
+    tmp = temp_directory_for(out_dir, overwrite)
+    (tmp / 'meta').mkdir()
     writers: dict[str, tuple] = {}
     rows: dict[str, list] = {k: [] for k in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index')}
     states, actions = [], []
