@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from defi_core.checkpoint import load_component
 from defi_core.models.gidm import GIDM
 from defi_training.cache import build_cache
-from defi_training.synthetic import write_synthetic_bag
 from defi_training.topic_map import ActionSpec, TopicMap
+from train_data import synthetic_bags
 
 
 def _free_port() -> int:
@@ -28,11 +28,7 @@ def _free_port() -> int:
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('ddp_data')
-    bags = []
-    for i in range(3):
-        bags.append(root / f'bag{i}')
-        write_synthetic_bag(bags[-1], storage='sqlite3', duration_s=2.0, fps=10, image_size=32,
-                            instructions=('push the block',), seed=i)
+    bags = synthetic_bags(root, storages=('sqlite3',) * 3, instructions=('push the block',))
     return build_cache(bags, root / 'cache', TopicMap(image_size=32, action=ActionSpec(source='none'))).path
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from defi_training.cache import build_cache
 from defi_training.checkpointing import latest_checkpoint
-from defi_training.synthetic import write_synthetic_bag
 from defi_training.topic_map import TopicMap
+from train_data import synthetic_bags
 
 STEPS = 10
 
@@ -20,11 +20,7 @@ STEPS = 10
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('resume_data')
-    bags = []
-    for i in range(3):
-        bags.append(root / f'bag{i}')
-        write_synthetic_bag(bags[-1], storage='mcap', duration_s=2.0, fps=10, image_size=32,
-                            instructions=(['push the block', 'open the drawer'][i % 2],), seed=i)
+    bags = synthetic_bags(root, storages=('mcap',) * 3)
     return build_cache(bags, root / 'cache', TopicMap(image_size=32)).path
 
 

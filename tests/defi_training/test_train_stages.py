@@ -14,11 +14,11 @@ from defi_core.models.gfdm import GFDM
 from defi_core.models.gidm import GIDM
 from defi_training.cache import EpisodeCache, build_cache
 from defi_training.checkpointing import list_checkpoints
-from defi_training.synthetic import write_synthetic_bag
 from defi_training.topic_map import ActionSpec, TopicMap
 from defi_training.train import train
 from defi_training.train_cli import main as train_main
 from defi_training.train_config import apply_overrides, load_train_config
+from train_data import synthetic_bags
 
 torch.set_num_threads(1)
 FAST = ['model.preset=tiny', 'model.text_encoder=hash', 'batch_size=2', 'threads=1', 'progress=false',
@@ -29,11 +29,7 @@ FAST = ['model.preset=tiny', 'model.text_encoder=hash', 'batch_size=2', 'threads
 def caches(tmp_path_factory):
     """Three real bags (mcap + sqlite3, two instructions) -> a labelled and an action-free cache."""
     root = tmp_path_factory.mktemp('train_data')
-    bags = []
-    for i in range(3):
-        bags.append(root / f'bag{i}')
-        write_synthetic_bag(bags[-1], storage='mcap' if i % 2 == 0 else 'sqlite3', duration_s=2.0, fps=10,
-                            image_size=32, instructions=(['push the block', 'open the drawer'][i % 2],), seed=i)
+    bags = synthetic_bags(root, storages=('mcap', 'sqlite3', 'mcap'))
     labelled = build_cache(bags, root / 'labelled', TopicMap(image_size=32))
     action_free = build_cache(bags, root / 'action_free', TopicMap(image_size=32, action=ActionSpec(source='none')))
     assert labelled.has_actions and not action_free.has_actions and labelled.num_episodes == 3
