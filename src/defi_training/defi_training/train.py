@@ -92,7 +92,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     """Run one stage; returns the final export directory (a defi_core checkpoint)."""
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info, resume)
+        final = _train(cfg, info, resume)
+        barrier(info)   # no rank tears gloo down while another still exports (aborts under load)
+        return final
     finally:
         cleanup_distributed()
 
