@@ -7,14 +7,13 @@ receive time; the clock used per topic goes into Episode.extra['clock'].
 """
 from __future__ import annotations
 
-import functools
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from defi_core import msg_types
 from defi_core.image_codec import ImageDecodeError, decode_compressed, decode_image, resize_image
 from defi_core.timesync import asof_indices, find_gaps, fixed_rate_times
 
@@ -38,42 +37,14 @@ class BadData(ValueError):
     """The input cannot be used; the message says why (it becomes the skip line)."""
 
 
-def defi_msgs_dir() -> Path | None:
-    """The msg/ folder of defi_msgs: from the ament index of the install, else next to this repo."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        p = Path(get_package_share_directory('defi_msgs')) / 'msg'
-        if p.is_dir():
-            return p
-    except Exception:  # not installed / no ament index: fall back to the source tree
-        pass
-    for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
-        p = Path(prefix) / 'share' / 'defi_msgs' / 'msg'
-        if prefix and p.is_dir():
-            return p
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        p = parent / 'src' / 'defi_msgs' / 'msg'
-        if p.is_dir():
-            return p
-        p = parent / 'defi_msgs' / 'msg'
-        if p.is_dir():
-            return p
-    return None
+def defi_msgs_dir() -> Path:
+    """The msg/ folder of defi_msgs (the installed share dir, else the source tree)."""
+    return msg_types.defi_msgs_dir()
 
 
-@functools.lru_cache(maxsize=4)
 def make_typestore(distro: str = 'kilted'):
-    """A rosbags typestore for the distro with the defi_msgs types registered."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-    store = get_typestore(getattr(Stores, f'ROS2_{distro.upper()}'))
-    msg_dir = defi_msgs_dir()
-    if msg_dir is not None:
-        types = {}
-        for f in sorted(msg_dir.glob('*.msg')):
-            types.update(get_types_from_msg(f.read_text(), f'defi_msgs/msg/{f.stem}'))
-        store.register(types)
-    return store
+    """A rosbags typestore for the distro with the defi_msgs types registered (shared, cached)."""
+    return msg_types.typestore(distro)
 
 
 def _stamp_ns(msg) -> int:
