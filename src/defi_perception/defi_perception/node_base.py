@@ -8,6 +8,7 @@ so a node whose configure failed (e.g. a checkpoint that does not exist) still r
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -269,8 +270,13 @@ def init_ros(args=None) -> None:
     sys.setswitchinterval(float(os.environ.get('DEFI_GIL_SWITCH_S', '0.0005')))
 
     def _terminate(signum, frame):
+        # Shutdown must never hang a robot's process: if the teardown has not finished in
+        # DEFI_SHUTDOWN_TIMEOUT_S, dump every thread's stack (to find the culprit) and exit(1).
+        faulthandler.dump_traceback_later(float(os.environ.get('DEFI_SHUTDOWN_TIMEOUT_S', '10')),
+                                          exit=True)
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
 
 
 def shutdown_nodes(executor, nodes) -> None:
