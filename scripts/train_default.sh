@@ -14,16 +14,14 @@ W="${1:-data/default}"
 OUT="${DEFI_DEFAULT_OUT:-models/defi_metaworld}"
 LABELLED_TASKS=(reach-v3 button-press-topdown-v3)        # the demo's tasks: demonstrations with actions
 EXTRA_TASKS=(drawer-open-v3 door-open-v3 window-open-v3 push-v3)   # action-free only (other scenes)
-GFDM_STEPS="${GFDM_STEPS:-3000}" GIDM_STEPS="${GIDM_STEPS:-2000}" FT_STEPS="${FT_STEPS:-8000}"
+GFDM_STEPS="${GFDM_STEPS:-3000}" GIDM_STEPS="${GIDM_STEPS:-2000}" FT_STEPS="${FT_STEPS:-4000}"
 mkdir -p "$W"
 
-# 1. Demonstrations (seeds 0..39, also pretraining video; 40..99 finetuning only) and action-free
-#    episodes (seeds 500.., noisier), 64 px.
+# 1. Demonstrations (seeds 0..39; their video also pretrains) and action-free episodes
+#    (seeds 500.., noisier), 64 px.
 for t in "${LABELLED_TASKS[@]}"; do
   [[ -d "$W/bags/labelled/$t" ]] || defi-sim record --task "$t" --episodes 40 --noise 0.1 --seed 0 \
     --image-size 64 --out "$W/bags/labelled"
-  [[ -d "$W/bags/labelled_more/$t" ]] || defi-sim record --task "$t" --episodes 60 --noise 0.1 --seed 40 \
-    --image-size 64 --out "$W/bags/labelled_more"
 done
 for t in "${LABELLED_TASKS[@]}" "${EXTRA_TASKS[@]}"; do
   [[ -d "$W/bags/action_free/$t" ]] || defi-sim record --task "$t" --episodes 25 --noise 0.3 --seed 500 \
@@ -32,8 +30,7 @@ done
 
 # 2. Caches (training reads only these).
 [[ -f "$W/cache/labelled/meta.json" ]] || \
-  defi-data build-cache "$W/bags/labelled" "$W/bags/labelled_more" --config config/data_metaworld.yaml \
-    --out "$W/cache/labelled"
+  defi-data build-cache "$W/bags/labelled" --config config/data_metaworld.yaml --out "$W/cache/labelled"
 [[ -f "$W/cache/action_free/meta.json" ]] || \
   defi-data build-cache "$W/bags/action_free" "$W/bags/labelled" --config config/data_metaworld.yaml \
     --out "$W/cache/action_free" action.source=none
