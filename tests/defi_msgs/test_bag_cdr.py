@@ -32,16 +32,21 @@ def rosbags_message(store, name, rclpy_msg):
     return cls(**fields)
 
 
+def write_bag(bag, storage, store, serialize):
+    """One message of each type, `serialize(name) -> CDR bytes`, into a rosbag2 with `storage`."""
+    with Writer(bag, version=9, storage_plugin=STORAGES[storage]) as writer:
+        for i, name in enumerate(MSG_NAMES):
+            conn = writer.add_connection(f'/defi/{name}', f'defi_msgs/msg/{name}', typestore=store)
+            writer.write(conn, 1_000 + i, serialize(name))
+
+
 @pytest.mark.parametrize('storage', sorted(STORAGES))
 def test_rosbags_written_rclpy_read(tmp_path, storage):
     store = typestore('kilted')
     samples = make_samples()
     bag = tmp_path / f'bag_{storage}'
-    with Writer(bag, version=9, storage_plugin=STORAGES[storage]) as writer:
-        for i, name in enumerate(MSG_NAMES):
-            conn = writer.add_connection(f'/defi/{name}', f'defi_msgs/msg/{name}', typestore=store)
-            msg = rosbags_message(store, name, samples[name])
-            writer.write(conn, 1_000 + i, store.serialize_cdr(msg, conn.msgtype))
+    write_bag(bag, storage, store, lambda name: store.serialize_cdr(
+        rosbags_message(store, name, samples[name]), f'defi_msgs/msg/{name}'))
 
     import defi_msgs.msg as msgs
     seen = set()
@@ -60,10 +65,7 @@ def test_rclpy_written_rosbags_read(tmp_path, storage):
     store = typestore('kilted')
     samples = make_samples()
     bag = tmp_path / f'bag_{storage}'
-    with Writer(bag, version=9, storage_plugin=STORAGES[storage]) as writer:
-        for i, name in enumerate(MSG_NAMES):
-            conn = writer.add_connection(f'/defi/{name}', f'defi_msgs/msg/{name}', typestore=store)
-            writer.write(conn, 2_000 + i, serialize_message(samples[name]))
+    write_bag(bag, storage, store, lambda name: serialize_message(samples[name]))
 
     with Reader(bag) as reader:
         got = {conn.msgtype.rsplit('/', 1)[-1]: store.deserialize_cdr(raw, conn.msgtype)
