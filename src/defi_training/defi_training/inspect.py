@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from .sources import VIDEO_SUFFIXES, detect_kind
+from .sources import detect_kind
 
 __all__ = ['inspect_path', 'format_inspection']
 
@@ -29,7 +29,7 @@ def inspect_path(path: str | Path) -> dict:
             items = []
             for sub in sorted(path.iterdir()):
                 k = detect_kind(sub)
-                if k in ('rosbag', 'lerobot', 'cache') or (k == 'video' and sub.suffix.lower() in VIDEO_SUFFIXES):
+                if k in ('rosbag', 'lerobot', 'cache', 'video'):
                     items.append(inspect_path(sub))
                 elif k == 'folder':
                     nested = inspect_path(sub)
