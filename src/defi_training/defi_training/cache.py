@@ -13,7 +13,6 @@ leaves a half cache under the final name):
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -62,12 +61,6 @@ class RunningStats:
         var = np.maximum(self.sumsq / max(self.n, 1) - mean * mean, 0.0)
         return {'mean': mean.tolist(), 'std': np.sqrt(var).tolist(), 'min': self.min.tolist(),
                 'max': self.max.tolist(), 'count': int(self.n)}
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: TopicMap | None = None,
@@ -149,8 +142,9 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
             'image_bytes': int(image_bytes),
         }
         stats_out = {k: s.result() for k, s in stats.items() if s.n}
-        _atomic_json(tmp / 'stats.json', stats_out)
-        _atomic_json(tmp / 'meta.json', meta)
+        # plain writes: the whole folder is renamed into place afterwards
+        (tmp / 'stats.json').write_text(json.dumps(stats_out, indent=1))
+        (tmp / 'meta.json').write_text(json.dumps(meta, indent=1))
         replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
