@@ -6,9 +6,7 @@ temporary sibling directory renamed into place). Loading is strict and names wha
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .files import replace_directory
+from .files import replace_directory, temp_directory_for
 from .config import SCHEMA_VERSION, DefiConfig
 from .normalization import Normalizer
 
@@ -67,9 +65,7 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
         raise ValueError('save_checkpoint: a policy checkpoint needs normalization stats '
                          '(pass stats= or call policy.set_normalization first)')
     dirpath = Path(dirpath)
-    dirpath.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dirpath.name}.tmp', dir=dirpath.parent))
-    os.chmod(tmp, 0o755)   # mkdtemp makes it private; a checkpoint is meant to be shared
+    tmp = temp_directory_for(dirpath, overwrite=True)
     try:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={'schema_version': str(SCHEMA_VERSION), 'kind': kind})
