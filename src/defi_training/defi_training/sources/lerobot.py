@@ -11,7 +11,6 @@ through h264 and come back close, not bit-exact.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
