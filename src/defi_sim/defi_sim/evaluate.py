@@ -192,8 +192,10 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                 success, k = False, 0
                 while sim.steps < config.max_steps and not success:
                     now_ns = k * period_ns
-                    frames = sim.render()
-                    if k % config.replan_every == 0:
+                    replan = k % config.replan_every == 0
+                    # rendering is most of a step's cost: only for a new chunk or the pictures
+                    frames = sim.render() if replan or keep else None
+                    if replan:
                         obs = _observation(policy, frames, instruction, _policy_state(policy, sim))
                         t0 = time.perf_counter()
                         actions = policy.predict_action_chunk(obs)
