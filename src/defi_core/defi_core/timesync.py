@@ -7,7 +7,6 @@ stamp <= t; if that sample is older than max_age it counts as missing (a gap).
 from __future__ import annotations
 
 import bisect
-from collections import deque
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -68,8 +67,9 @@ class AsofBuffer(Generic[T]):
         if capacity < 1:
             raise ValueError('capacity must be >= 1')
         self.capacity = int(capacity)
-        self._times: deque[int] = deque()
-        self._values: deque[Any] = deque()
+        # plain lists: bisect works on them directly (capacity is small, trimming the front is cheap)
+        self._times: list[int] = []
+        self._values: list[Any] = []
 
     def __len__(self) -> int:
         return len(self._times)
@@ -80,12 +80,12 @@ class AsofBuffer(Generic[T]):
             self._times.append(stamp_ns)
             self._values.append(value)
         else:
-            pos = bisect.bisect_right(list(self._times), stamp_ns)
+            pos = bisect.bisect_right(self._times, stamp_ns)
             self._times.insert(pos, stamp_ns)
             self._values.insert(pos, value)
-        while len(self._times) > self.capacity:
-            self._times.popleft()
-            self._values.popleft()
+        excess = len(self._times) - self.capacity
+        if excess > 0:
+            del self._times[:excess], self._values[:excess]
 
     def latest(self) -> tuple[int, T] | None:
         if not self._times:
@@ -97,13 +97,12 @@ class AsofBuffer(Generic[T]):
         it is older than max_age_ns."""
         if not self._times:
             return None
-        times = list(self._times)
-        pos = bisect.bisect_right(times, int(query_ns)) - 1
+        pos = bisect.bisect_right(self._times, int(query_ns)) - 1
         if pos < 0:
             return None
-        if max_age_ns is not None and int(query_ns) - times[pos] > int(max_age_ns):
+        if max_age_ns is not None and int(query_ns) - self._times[pos] > int(max_age_ns):
             return None
-        return times[pos], self._values[pos]
+        return self._times[pos], self._values[pos]
 
     def clear(self) -> None:
         self._times.clear()
