@@ -169,7 +169,7 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
                     imgs = data.column(key).take(sel).to_pylist()
                     arr = np.stack([decode_compressed('png', d['bytes']) for d in imgs])
                     if tm.image_size is not None:
-                        arr = _resize_any(arr, tm.image_size)
+                        arr = resize_image(arr, tm.image_size, tm.image_size)
                     frames[cam] = arr
         except (ValueError, ImageDecodeError) as exc:
             report.skip(where, str(exc))
@@ -199,10 +199,6 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
         yield Episode(source=str(root), frames=frames, timestamps=ts, task=task, state=st, action=ac,
                       state_names=names['observation.state'], action_names=names['action'],
                       extra={'lerobot_episode': e, 'name': f'episode {e}', 'clock': {'lerobot': 'timestamp'}})
-
-
-def _resize_any(arr: np.ndarray, size: int) -> np.ndarray:
-    return arr if arr.shape[1:3] == (size, size) else resize_image(arr, size, size)
 
 
 def episodes_from_cache(cache) -> Iterator[Episode]:
