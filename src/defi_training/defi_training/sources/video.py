@@ -15,7 +15,6 @@ from typing import Iterator
 
 import numpy as np
 
-from defi_core.image_codec import resize_image
 from defi_core.timesync import asof_indices, fixed_rate_times
 
 from ..topic_map import TopicMap
@@ -152,10 +151,7 @@ def read_video(path: str | Path, tm: TopicMap, report: Report, camera: str | Non
                           f'fewer than min_episode_frames={tm.min_episode_frames}')
         return
     q, idx = q[keep], idx[keep]
-    out = frames[idx]
-    if tm.image_size is not None and out.shape[1:3] != (tm.image_size, tm.image_size):
-        out = resize_image(out, tm.image_size, tm.image_size)
-    yield Episode(source=str(path), frames={cam: out}, timestamps=(q - q[0]) / 1e9,
+    yield Episode(source=str(path), frames={cam: frames[idx]}, timestamps=(q - q[0]) / 1e9,
                   task=task if task is not None else tm.task.default,
                   extra={'clock': {'video': 'pts'}, 'start_time_ns': int(q[0]),
                          'dropped_frames': int((~keep).sum()), 'name': path.name})
