@@ -138,10 +138,13 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
              for k, v in names.items()}
     ep_rows = episodes.to_pylist()
     videos: dict[tuple[str, int, int], _VideoFile] = {}
+    # rows grouped by episode once (stable: file order within an episode), not one scan per episode
+    by_episode = np.argsort(ep_col, kind='stable')
+    sorted_eps = ep_col[by_episode]
     for row in sorted(ep_rows, key=lambda r: int(r['episode_index'])):
         e = int(row['episode_index'])
         where = f'{root} episode {e}'
-        sel = np.nonzero(ep_col == e)[0]
+        sel = by_episode[np.searchsorted(sorted_eps, e, 'left'):np.searchsorted(sorted_eps, e, 'right')]
         if frame_col is not None:
             sel = sel[np.argsort(frame_col[sel], kind='stable')]
         if sel.size == 0:
