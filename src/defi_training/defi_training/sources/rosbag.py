@@ -363,11 +363,9 @@ def _episodes(path: Path, tm: TopicMap, streams: dict, info: dict, report: Repor
         if not valid.any():
             report.skip(where, f'empty episode: no frame has all of {need} within max_age_s={tm.max_age_s}')
             continue
-        if tm.gap_policy == 'split':
-            segs = _runs(valid)
-        else:
-            segs = [np.nonzero(valid)[0]]
-        gaps = len(_runs(valid)) - 1
+        runs = _runs(valid)
+        segs = runs if tm.gap_policy == 'split' else [np.nonzero(valid)[0]]
+        gaps = len(runs) - 1
         success = None
         if 'success' in streams and len(streams['success'].times):
             st = streams['success'].times
