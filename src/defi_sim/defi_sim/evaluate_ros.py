@@ -14,6 +14,7 @@ from typing import Callable
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 import numpy as np  # noqa: E402
+from defi_core.image_codec import decode_image  # noqa: E402
 
 from defi_sim.evaluate import (CONTROL_DT_S, EpisodePictures, EvalConfig,  # noqa: E402
                                _observation, _predict_frames, checkpoint_chunk_dt, load_eval_policy,
@@ -160,8 +161,7 @@ class _Orchestrator:
             for key in sorted(self.image_wall)[:250]:
                 del self.image_wall[key]
         if self._keep_frames() and stamp >= self.episode_start_ns:
-            frame = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
-            self.frames.append((stamp, frame[:, :msg.width * 3].reshape(msg.height, msg.width, 3).copy()))
+            self.frames.append((stamp, decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)))
 
     def _on_status(self, msg) -> None:
         if msg.state == msg.STATE_ERROR:
