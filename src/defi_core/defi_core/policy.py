@@ -110,8 +110,6 @@ class DefiPolicy(nn.Module):
                                  f'cfg.state_dim={self.cfg.state_dim}')
         self.normalizer = norm
 
-    set_stats = set_normalization
-
     def _require_normalizer(self) -> Normalizer:
         if self.normalizer is None:
             raise RuntimeError('DefiPolicy has no normalization statistics: call policy.set_normalization(stats) '

@@ -4,8 +4,7 @@ Nothing here imports rclpy: the nodes stay thin wrappers around these plain clas
 tested without ROS.
 """
 from .chunk_schedule import Chunk, ChunkSchedule, Step, parse_limits
-from .outputs import (TwistAxes, hold_trajectory_point, joint_positions, resolve_twist_axes,
-                      twist_components, zero_action)
+from .outputs import TwistAxes, joint_positions, resolve_twist_axes, twist_components, zero_action
 from .safety import SafetyLatch, StopReason, all_finite, observation_age_s
 from .camera_sync import CameraSync
 from .status import StatusCounters
@@ -13,7 +12,7 @@ from .worker import LatestWorker
 
 __all__ = [
     'Chunk', 'ChunkSchedule', 'Step', 'parse_limits',
-    'TwistAxes', 'hold_trajectory_point', 'joint_positions', 'resolve_twist_axes',
+    'TwistAxes', 'joint_positions', 'resolve_twist_axes',
     'twist_components', 'zero_action',
     'SafetyLatch', 'StopReason', 'all_finite', 'observation_age_s',
     'StatusCounters', 'LatestWorker', 'CameraSync',

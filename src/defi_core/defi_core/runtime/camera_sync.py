@@ -32,10 +32,6 @@ class CameraSync:
     def push(self, camera: str, stamp_ns: int, frame: np.ndarray) -> None:
         self._buffers[camera].push(stamp_ns, frame)
 
-    def latest_stamp_ns(self, camera: Optional[str] = None) -> Optional[int]:
-        item = self._buffers[camera or self.reference].latest()
-        return None if item is None else item[0]
-
     def observation(self, stamp_ns: Optional[int] = None):
         """(stamp_ns, [frame per camera]) at the reference frame stamped stamp_ns (default: the
         latest reference frame), or None when some camera has no frame within tolerance."""

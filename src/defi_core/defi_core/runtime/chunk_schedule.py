@@ -113,14 +113,6 @@ class ChunkSchedule:
         self.chunk = None
         self.next_index = 0
 
-    def forget_stamps(self) -> None:
-        """Allow any stamp again (e.g. the clock jumped back: a bag replay restarted)."""
-        self._last_stamp_ns = -1
-
-    @property
-    def latest_stamp_ns(self) -> int:
-        return self._last_stamp_ns
-
     def queue_depth(self) -> int:
         if self.chunk is None:
             return 0

@@ -13,7 +13,7 @@ from typing import List, Sequence
 import numpy as np
 
 __all__ = ['TwistAxes', 'resolve_twist_axes', 'twist_components', 'joint_positions',
-           'hold_trajectory_point', 'zero_action']
+           'zero_action']
 
 TWIST_FIELDS = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
 
@@ -77,12 +77,6 @@ def joint_positions(action: np.ndarray, action_names: Sequence[str],
     if missing:
         raise ValueError(f'joint_names: {missing} are not action components {names}')
     return [float(action[names.index(j)]) for j in joint_names]
-
-
-def hold_trajectory_point() -> list:
-    """The points of a 'hold position' JointTrajectory: none (an empty trajectory makes
-    ros2_control's joint_trajectory_controller stop and hold where it is)."""
-    return []
 
 
 def zero_action(action_dim: int) -> np.ndarray:

@@ -44,10 +44,6 @@ class StatusCounters:
                     raise AttributeError(k)
                 setattr(self, k, v)
 
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
-
     def snapshot(self) -> dict:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith('_')}
