@@ -54,7 +54,7 @@ def bench_preset(name: str, reps: int, text_encoder: str) -> dict:
     with torch.inference_mode():
         lang = policy.encode_instruction(obs['task'])
         feats = policy.forward_features(images, lang)
-        codes, tokens = policy.latent_actions(feats, lang)
+        _, tokens = policy.latent_actions(feats, lang)
         vf_tokens = policy.video_former(feats)
         ctx = policy.action_head.encode_context(lang, vf_tokens, tokens)
         ms = {
@@ -70,9 +70,8 @@ def bench_preset(name: str, reps: int, text_encoder: str) -> dict:
     row['params'] = count(policy)
     row['params_by_component'] = {
         'gfdm': count(policy.gfdm), 'coupling': count(policy.coupling), 'gidm': count(policy.gidm),
-        'gidm_used_in_policy': count(policy.gidm) - sum(count(getattr(policy.gidm, m)) for m in (
-            'frame_embed', 'frame_encoder', 'frame_norm', 'decoder', 'dec_norm', 'dec_out', 'pixel_head'))
-        - policy.gidm.frame_pos.numel() - policy.gidm.dec_pos.numel(),
+        # the policy freezes exactly GIDM's pretraining-only parts (apply_trainable_flags)
+        'gidm_used_in_policy': sum(p.numel() for p in policy.gidm.parameters() if p.requires_grad),
         'video_former': count(policy.video_former), 'action_head': count(policy.action_head)}
     row['shapes'] = {'features': list(feats.shape), 'video_former_tokens': list(vf_tokens.shape),
                      'latent_tokens': list(tokens.shape), 'context_tokens': list(ctx.shape)}
