@@ -46,7 +46,6 @@ class ActionDecoderNode(DefiNode):
 
     def __init__(self, policy=None, node_name: str = 'action_decoder', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
-        self.worker = None
         self._lock = threading.Lock()
         self._features = OrderedDict()   # stamp -> (features, instruction)
         self._latents = OrderedDict()    # stamp -> tokens

@@ -63,7 +63,6 @@ class ChunkExecutorNode(DefiNode):
     needs_policy = False
 
     def __init__(self, node_name: str = 'chunk_executor', **kwargs):
-        kwargs.pop('policy', None)
         super().__init__(node_name, **kwargs)
         self._lock = threading.RLock()
         self.schedule = ChunkSchedule()

@@ -39,7 +39,6 @@ class ExecuteInstructionServer(DefiNode):
     needs_policy = False
 
     def __init__(self, node_name: str = 'execute_instruction_server', **kwargs):
-        kwargs.pop('policy', None)
         super().__init__(node_name, **kwargs)
         self._lock = threading.Lock()
         self._success = False

@@ -25,7 +25,6 @@ class LatentActionEncoderNode(DefiNode):
 
     def __init__(self, policy=None, node_name: str = 'latent_action_encoder', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
-        self.worker = None
 
     def setup(self) -> None:
         p = self.params
