@@ -3,8 +3,8 @@
 One run = one `TrainConfig`. The YAML file mirrors the dataclasses; the command line then overrides
 single keys with dotted names (`steps=200`, `optim.lr=3e-4`, `data.cache=/data/cache`,
 `model.preset=tiny`, `model.idm_type=mlp`). `model.*` keys are not fixed here: `model.preset` picks a
-defi_core preset and every other `model.<field>` is a field of defi_core's `DefiConfig` (checked when
-the model is built, so an unknown model key errors naming it). The resolved config is written to
+defi_core preset and every other `model.<field>` is a field of defi_core's `DefiConfig` (checked in
+validate(), so an unknown model key errors naming it before any data is loaded). The resolved config is written to
 `run_dir/config.yaml` and read back by `--resume`.
 """
 from __future__ import annotations
