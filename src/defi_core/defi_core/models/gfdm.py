@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import DefiConfig
 from ..language import make_text_encoder
-from .blocks import (Attention, FourierEmbedding, MLP, edm_sample_steps, edm_scalings, fixed_noise,
+from .blocks import (MLP, Attention, Block, FourierEmbedding, edm_sample_steps, edm_scalings, fixed_noise,
                      images_to_float, karras_sigmas, modulate, patchify, unpatchify)
 
 FEATURE_NOISE_SEED = 20260416  # features() uses one fixed noise draw so its output is deterministic
@@ -104,12 +104,13 @@ class GFDM(nn.Module):
         cfg, p, s = self.cfg, self.cfg.patch_size, cfg_sigma(sigma, x_noisy)
         c_skip, c_out, c_in, _ = edm_scalings(s, cfg.sigma_data)
         bc = (-1,) + (1,) * (x_noisy.dim() - 1)
-        h, cond = self._trunk(x_noisy * c_in.view(bc), s, cond_img, lang, len(self.blocks))
+        x_scaled = x_noisy * c_in.view(bc)
+        h, cond = self._trunk(x_scaled, s, cond_img, lang, len(self.blocks))
         shift, scale = self.final_ada(F.silu(cond))[:, None, None, :].chunk(2, dim=-1)
         out = self.out_proj(modulate(self.final_norm(h), shift, scale))
         b, t = x_noisy.shape[:2]
         v, hw = cfg.num_views, cfg.image_size
-        x_in = patchify(x_noisy * c_in.view(bc), p).reshape(b, t, cfg.tokens_per_frame, -1)
+        x_in = patchify(x_scaled, p).reshape(b, t, cfg.tokens_per_frame, -1)
         out = out + self.skip_gain(cond)[:, None, None, :] * x_in
         f = unpatchify(out.reshape(b, t, v, cfg.patches_per_view, -1), p, 3, hw, hw)
         return c_skip.view(bc) * x_noisy + c_out.view(bc) * f
@@ -208,7 +209,6 @@ class ScratchImageEncoder(nn.Module):
 
     def __init__(self, cfg: DefiConfig):
         super().__init__()
-        from .blocks import Block
         self.cfg = cfg
         d, p = cfg.gfdm_dim, cfg.patch_size
         self.embed = nn.Linear(3 * p * p, d)

@@ -47,10 +47,6 @@ class VideoFormer(nn.Module):
         self.layers = nn.ModuleList(VideoFormerLayer(d, cfg.vf_heads) for _ in range(cfg.vf_depth))
         self.norm = nn.LayerNorm(d)
 
-    @property
-    def num_tokens(self) -> int:
-        return self.cfg.feature_frames * self.cfg.vf_queries_per_frame
-
     def forward(self, feats):
         """feats [B, T, N, C] -> tokens [B, T * queries_per_frame, vf_dim]."""
         b, t, n, _ = feats.shape
