@@ -208,8 +208,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         batch = to_device(next(batches), device, cfg.stage)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, parts = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f'step {step}: loss is {loss.item()} (parts {parts}); lower optim.lr or check the data')
+        last_loss = loss.item()         # one host sync per step, shared by the check and the logging
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f'step {step}: loss is {last_loss} (parts {parts}); lower optim.lr or check the data')
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -219,7 +220,6 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         sync_non_gradient_state(policy, info)
         done = step + 1
         window_steps += 1
-        last_loss = loss.item()
         pbar.update(1)
 
         if done % cfg.log_every == 0 or done == cfg.steps:
