@@ -87,12 +87,18 @@ class EpisodePictures:
     predictions: dict = field(default_factory=dict)   # observation index -> list of T frames
 
 
-def load_eval_policy(checkpoint, device: str = 'cpu'):
-    """Load a checkpoint directory for evaluation; a clear error naming the path when missing."""
+def checkpoint_dir(checkpoint) -> Path:
+    """The checkpoint directory as a Path; a clear error naming it when it holds no config.json."""
     path = Path(checkpoint)
     if not (path / 'config.json').is_file():
         raise FileNotFoundError(f'checkpoint {path}: no config.json there (expected a directory written by '
                                 f'defi_core.checkpoint.save_checkpoint / defi-train)')
+    return path
+
+
+def load_eval_policy(checkpoint, device: str = 'cpu'):
+    """Load a checkpoint directory for evaluation; a clear error naming the path when missing."""
+    path = checkpoint_dir(checkpoint)
     from defi_core.checkpoint import load_policy
     policy = load_policy(str(path), device=device)
     policy.eval()

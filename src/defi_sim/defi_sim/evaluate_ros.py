@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from defi_core.image_codec import decode_image  # noqa: E402
 
 from defi_sim.evaluate import (CONTROL_DT_S, EpisodePictures, EvalConfig,  # noqa: E402
-                               _observation, _predict_frames, checkpoint_chunk_dt, load_eval_policy,
-                               picture_indices, sim_cameras_for)
+                               _observation, _predict_frames, checkpoint_chunk_dt, checkpoint_dir,
+                               load_eval_policy, picture_indices, sim_cameras_for)
 from defi_sim.tasks import instruction_for  # noqa: E402
 
 __all__ = ['run_ros', 'BRINGUP_FAILED_MARK']
@@ -222,10 +222,7 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     from defi_core.checkpoint import load_config_from
     from defi_training.evaluation import EpisodeResult
 
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / 'config.json').is_file():
-        raise FileNotFoundError(f'checkpoint {checkpoint}: no config.json there (expected a directory '
-                                'written by defi_core.checkpoint.save_checkpoint / defi-train)')
+    checkpoint = checkpoint_dir(checkpoint)
     policy_cfg = load_config_from(checkpoint)
     if policy_cfg.action_dim != 4:
         raise ValueError(f'the checkpoint has action_dim={policy_cfg.action_dim}; Meta-World takes 4')
