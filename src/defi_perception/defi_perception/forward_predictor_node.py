@@ -27,7 +27,7 @@ from defi_msgs.msg import ForwardFeatures, PolicyStatus
 from . import qos
 from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
                           stamp_to_ns)
-from .node_base import CommonParams, DefiNode, model_call, run_node
+from .node_base import CommonParams, DefiNode, model_call, run_node, warm_up_features
 
 
 @dataclass
@@ -88,11 +88,8 @@ class ForwardPredictorNode(DefiNode):
                               callback_group=self.timer_group)
 
     def warm_up(self) -> None:
-        import torch
-        cfg = self.policy.cfg
-        images = torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
         with model_call():
-            self.policy.forward_features(images, self.policy.encode_instruction(['warm up']))
+            warm_up_features(self.policy)
 
     def teardown(self) -> None:
         for w in (self.features_worker, self.preview_worker):

@@ -33,7 +33,7 @@ from . import qos
 from .params import declare_params, read_params
 
 __all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
-           'shutdown_nodes', 'model_call']
+           'shutdown_nodes', 'model_call', 'warm_up_features']
 
 # One model call at a time per process. The stages of one observation run one after the other
 # anyway; letting the worker threads of several nodes call torch concurrently in one process made
@@ -48,6 +48,16 @@ def model_call():
     import torch
     with MODEL_LOCK, torch.inference_mode():
         yield
+
+
+def warm_up_features(policy):
+    """(features, lang) of one black frame per camera and a dummy instruction: the first stage's
+    warm-up and the input of the later stages' warm-up. Call it inside model_call()."""
+    import torch
+    cfg = policy.cfg
+    images = torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    lang = policy.encode_instruction(['warm up'])
+    return policy.forward_features(images, lang), lang
 
 
 @dataclass

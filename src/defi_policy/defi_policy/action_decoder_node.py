@@ -21,7 +21,8 @@ from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import (chunk_to_msg, latent_from_msg, policy_features_from_msg,
                                          stamp_to_ns)
-from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
+from defi_perception.node_base import (CommonParams, DefiNode, model_call, run_node,
+                                      warm_up_features)
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
 FALLBACK_DT_S = 0.1  # chunk dt when neither the parameter nor the checkpoint gives one
@@ -89,9 +90,7 @@ class ActionDecoderNode(DefiNode):
         import torch
         cfg = self.policy.cfg
         with model_call():
-            lang = self.policy.encode_instruction(['warm up'])
-            feats = self.policy.forward_features(
-                torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
+            feats, lang = warm_up_features(self.policy)
             _, tokens = self.policy.latent_actions(feats, lang)
             state = torch.zeros(1, cfg.state_dim) if cfg.state_dim > 0 else None
             self.policy.decode_actions(feats, tokens, lang, state)

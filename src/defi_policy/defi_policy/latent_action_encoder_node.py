@@ -9,7 +9,8 @@ from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
-from defi_perception.node_base import CommonParams, DefiNode, model_call, run_node
+from defi_perception.node_base import (CommonParams, DefiNode, model_call, run_node,
+                                      warm_up_features)
 
 
 @dataclass
@@ -35,13 +36,8 @@ class LatentActionEncoderNode(DefiNode):
             'other', f'latent actions failed: {type(exc).__name__}: {exc}'))
 
     def warm_up(self) -> None:
-        import torch
-        cfg = self.policy.cfg
         with model_call():
-            lang = self.policy.encode_instruction(['warm up'])
-            feats = self.policy.forward_features(
-                torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8), lang)
-            self.policy.latent_actions(feats, lang)
+            self.policy.latent_actions(*warm_up_features(self.policy))
 
     def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
