@@ -28,7 +28,7 @@ def train_throughput(cache_dir, presets=('tiny', 'base'), stages=('gfdm', 'gidm'
     pretraining stages ignore its actions, or use `action_free_cache` when given)."""
     import torch
     from defi_training.train import train
-    from defi_training.train_config import apply_overrides, load_train_config
+    from defi_training.train_config import load_train_config
     torch.set_num_threads(threads)
     out: dict = {s: {} for s in stages}
     with tempfile.TemporaryDirectory(prefix='defi-train-bench-', dir=workdir) as tmp:
@@ -47,7 +47,7 @@ def train_throughput(cache_dir, presets=('tiny', 'base'), stages=('gfdm', 'gidm'
                     f'model.text_encoder={text_encoder}', 'keep_checkpoints=1']
                 if stage == 'finetune':
                     overrides += [f'gfdm_checkpoint={exports["gfdm"]}', f'gidm_checkpoint={exports["gidm"]}']
-                cfg = apply_overrides(load_train_config(None, stage), overrides)
+                cfg = load_train_config(None, stage, overrides)
                 exports[stage] = train(cfg)
                 rows = [json.loads(x) for x in (run_dir / 'metrics.jsonl').read_text().splitlines()]
                 rates = [r['samples_per_s'] for r in rows if 'samples_per_s' in r and r['step'] > warmup]
