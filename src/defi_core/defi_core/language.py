@@ -118,6 +118,14 @@ class MiniLMEncoder(TextEncoder):
         return emb.float().cpu()
 
 
+def as_embedding(text_encoder: TextEncoder, lang, device) -> torch.Tensor:
+    """Instruction string(s) -> text_encoder's embeddings [B, D]; an embedding tensor passes through
+    (as float32). Either way on `device`: every model accepts both forms."""
+    if isinstance(lang, (list, tuple, str)):
+        return text_encoder.encode(lang).to(device)
+    return lang.to(device, torch.float32)
+
+
 _SHARED: dict[tuple, TextEncoder] = {}
 _SHARED_LOCK = threading.Lock()
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import DefiConfig
-from .language import make_text_encoder
+from .language import as_embedding, make_text_encoder
 from .models.action_head import ActionHead
 from .models.gfdm import GFDM, ScratchImageEncoder
 from .models.gidm import GIDM, MLPIDM, TransformerIDM
@@ -122,9 +122,7 @@ class DefiPolicy(nn.Module):
         return self.text_encoder.encode(texts).to(self.device)
 
     def _lang(self, lang):
-        if isinstance(lang, (list, tuple, str)):
-            return self.encode_instruction(lang)
-        return lang.to(self.device, torch.float32)
+        return as_embedding(self.text_encoder, lang, self.device)
 
     def forward_features(self, images, lang) -> torch.Tensor:
         """images [B, V, 3, H, W] uint8 or float in [0,1] -> features [B, T, N, C]."""

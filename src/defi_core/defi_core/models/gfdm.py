@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DefiConfig
-from ..language import make_text_encoder
+from ..language import as_embedding, make_text_encoder
 from .blocks import (MLP, Attention, Block, FourierEmbedding, edm_sample_steps, edm_scalings, fixed_noise,
                      images_to_float, karras_sigmas, modulate, patchify, unpatchify)
 
@@ -74,9 +74,7 @@ class GFDM(nn.Module):
         return self.text_encoder.encode(tasks).to(self.pos_time.device)
 
     def _lang(self, lang):
-        if isinstance(lang, (list, tuple, str)):
-            return self.encode_text(lang)
-        return lang.to(self.pos_time.device, torch.float32)
+        return as_embedding(self.text_encoder, lang, self.pos_time.device)
 
     def _cond_images(self, images):
         """[B, V, 3, H, W] (uint8 or [0,1] float) -> [-1, 1] float."""

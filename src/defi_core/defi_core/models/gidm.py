@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DefiConfig
-from ..language import make_text_encoder
+from ..language import as_embedding, make_text_encoder
 from .blocks import MLP, Block, images_to_float, patchify
 
 
@@ -133,9 +133,7 @@ class GIDM(nn.Module):
         return self.frame_pos.device
 
     def _lang(self, lang):
-        if isinstance(lang, (list, tuple, str)):
-            return self.text_encoder.encode(lang).to(self.device)
-        return lang.to(self.device, torch.float32)
+        return as_embedding(self.text_encoder, lang, self.device)
 
     def _frames(self, frames):
         if frames.dim() == 4:
