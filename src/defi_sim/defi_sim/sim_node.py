@@ -101,9 +101,7 @@ class SimNode(Node):
             name: self.get_parameter(name).value for name in vars(defaults)}).validate()
         cfg = self.config
 
-        self.sim = MetaWorldSim(cfg.task, seed=cfg.seed, cameras=cfg.cameras,
-                                image_size=(cfg.image_height, cfg.image_width),
-                                max_episode_steps=cfg.max_episode_steps)
+        self.sim = self._make_sim(cfg.task, cfg.seed)
         self.dt_ns = int(round(self.sim.dt * 1e9))
         self.twist_scale = cfg.twist_linear_scale or self.sim.dt / self.sim.env.action_scale
         self._pending_task: str | None = None
@@ -156,6 +154,11 @@ class SimNode(Node):
             f'{cfg.image_width}x{cfg.image_height}, observation every '
             f'{cfg.steps_per_observation * self.sim.dt * 1e3:.1f} ms')
 
+    def _make_sim(self, task: str, seed: int) -> MetaWorldSim:
+        cfg = self.config
+        return MetaWorldSim(task, seed=seed, cameras=cfg.cameras, image_size=(cfg.image_height, cfg.image_width),
+                            max_episode_steps=cfg.max_episode_steps)
+
     def _warn(self, message: str, **kwargs) -> None:
         logger = self.get_logger()
         # `warning` on newer rclpy (where `warn` is deprecated), `warn` on Humble
@@ -187,9 +190,7 @@ class SimNode(Node):
         seed = self.sim.seed + 1 if seed is None else int(seed)
         if task != self.sim.task:
             old = self.sim
-            self.sim = MetaWorldSim(task, seed=seed, cameras=self.config.cameras,
-                                    image_size=(self.config.image_height, self.config.image_width),
-                                    max_episode_steps=self.config.max_episode_steps)
+            self.sim = self._make_sim(task, seed)
             old.close()
         else:
             self.sim.reset(seed)
