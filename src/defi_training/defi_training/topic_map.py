@@ -148,9 +148,7 @@ class TopicMap:
                 bad = set(val) - names
                 if bad:
                     raise ValueError(f'{key}: unknown key(s) {sorted(bad)} (known: {sorted(names)})')
-                if 'fields' in val and val['fields'] is not None:
-                    val = dict(val, fields=tuple(val['fields']))
-                d[key] = typ(**val)
+                d[key] = val                # __post_init__ builds the section from the dict
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
