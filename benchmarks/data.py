@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -118,7 +117,6 @@ def main() -> int:
             except Exception as exc:  # the training part is optional here; say why it is missing
                 figures['train_error'] = f'{type(exc).__name__}: {exc}'
                 print(f'train throughput not measured: {figures["train_error"]}')
-        shutil.rmtree(tmp / 'cache', ignore_errors=True)
     figures['wall_s'] = round(time.perf_counter() - t_start, 1)
     emit('data', figures, args.out)
     return 0
