@@ -105,8 +105,9 @@ def read_meta(dirpath) -> dict:
     return meta
 
 
-def load_config_from(dirpath) -> DefiConfig:
-    meta = read_meta(dirpath)
+def load_config_from(dirpath, meta: dict | None = None) -> DefiConfig:
+    """The DefiConfig of a checkpoint (meta: its read_meta(), when the caller already has it)."""
+    meta = meta or read_meta(dirpath)
     try:
         return DefiConfig.from_dict(meta['config'], source=str(Path(dirpath) / CONFIG_FILE))
     except (ValueError, TypeError) as err:
@@ -142,12 +143,12 @@ def _strict_load(module: torch.nn.Module, tensors: dict, source: str) -> None:
     module.load_state_dict(tensors, strict=True)
 
 
-def load_stats(dirpath) -> Normalizer:
+def load_stats(dirpath, meta: dict | None = None) -> Normalizer:
     dirpath = Path(dirpath)
     path = dirpath / STATS_FILE
     if not path.exists():
         raise CheckpointError(f'{path}: missing - this checkpoint has no normalization statistics')
-    modes = read_meta(dirpath).get('normalization_modes')
+    modes = (meta or read_meta(dirpath)).get('normalization_modes')
     return Normalizer.from_tensors(_read_tensors(path), modes, source=str(path))
 
 
@@ -161,12 +162,12 @@ def load_policy(dirpath, device='cpu', text_encoder=None, **cfg_overrides):
     if meta['kind'] != 'policy':
         raise CheckpointError(f'{dirpath / CONFIG_FILE}: kind is {meta["kind"]!r}, load_policy needs a policy '
                               f'checkpoint (use load_state_into(policy, path, component={meta["kind"]!r}))')
-    cfg = load_config_from(dirpath)
+    cfg = load_config_from(dirpath, meta)
     if cfg_overrides:
         cfg = cfg.replace(**cfg_overrides)
     policy = DefiPolicy(cfg, text_encoder=text_encoder)
     _strict_load(policy, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
-    policy.set_normalization(load_stats(dirpath))
+    policy.set_normalization(load_stats(dirpath, meta))
     # what training recorded (e.g. the data's fps, which gives the chunk dt at run time)
     policy.checkpoint_extra = dict(meta.get('extra') or {})
     return policy.to(device).eval()
@@ -179,7 +180,7 @@ def load_component(dirpath, device='cpu', text_encoder=None):
     meta = read_meta(dirpath)
     if meta['kind'] not in ('gfdm', 'gidm'):
         raise CheckpointError(f'{Path(dirpath) / CONFIG_FILE}: kind is {meta["kind"]!r}, not a stage checkpoint')
-    cfg = load_config_from(dirpath)
+    cfg = load_config_from(dirpath, meta)
     module = (GFDM if meta['kind'] == 'gfdm' else GIDM)(cfg, text_encoder)
     _strict_load(module, _read_tensors(Path(dirpath) / MODEL_FILE), str(Path(dirpath) / MODEL_FILE))
     return module.to(device)
