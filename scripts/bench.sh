@@ -3,10 +3,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-set +u
 # shellcheck disable=SC1091
 source scripts/env.sh
-set -u
 failed=()
 for script in benchmarks/inference.py benchmarks/data.py benchmarks/ros_latency.py benchmarks/sim.py; do
   [[ -f "$script" ]] || { echo "[bench] missing $script"; failed+=("$script"); continue; }

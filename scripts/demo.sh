@@ -11,10 +11,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-set +u
 # shellcheck disable=SC1091
 source scripts/env.sh
-set -u
 
 CHECKPOINT="${DEFI_DEMO_CHECKPOINT:-models/defi_metaworld}"
 read -r -a TASKS <<< "${DEFI_DEMO_TASKS:-reach-v3 button-press-topdown-v3}"

@@ -1,5 +1,8 @@
 # Source me: puts the project's venv, the colcon install and its executables into this shell.
 #   source scripts/env.sh
+# The venv's activate and colcon's setup.bash read unset variables: source them with nounset off,
+# and give a `set -u` caller its setting back at the end.
+case $- in *u*) _defi_nounset=1; set +u ;; *) _defi_nounset= ;; esac
 _DEFI_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 if [[ -n "${ROS_DISTRO:-}" && -f "/opt/ros/${ROS_DISTRO}/setup.bash" ]]; then
   # shellcheck disable=SC1090
@@ -19,4 +22,5 @@ done
 export PATH
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-unset _d _DEFI_ROOT
+[[ -z "$_defi_nounset" ]] || set -u
+unset _d _DEFI_ROOT _defi_nounset

@@ -3,10 +3,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-set +u
 # shellcheck disable=SC1091
 source scripts/env.sh
-set -u
 python -m pytest tests -ra "$@"
 rc=$?
 if [[ $rc == 5 ]]; then

@@ -6,10 +6,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-set +u
 # shellcheck disable=SC1091
 source scripts/env.sh
-set -u
 W="${1:-data/default}"
 OUT="${DEFI_DEFAULT_OUT:-models/defi_metaworld}"
 LABELLED_TASKS=(reach-v3 button-press-topdown-v3)        # the demo's tasks: demonstrations with actions
