@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources.rosbag import make_typestore
+from defi_core.msg_types import typestore
 
 __all__ = ['SyntheticBag', 'write_synthetic_bag', 'synthetic_image']
 
@@ -69,7 +69,7 @@ def write_synthetic_bag(
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
-    store = make_typestore(distro)
+    store = typestore(distro)
     T = store.types
     Time = T['builtin_interfaces/msg/Time']
     Header = T['std_msgs/msg/Header']

@@ -37,14 +37,10 @@ class BadData(ValueError):
     """The input cannot be used; the message says why (it becomes the skip line)."""
 
 
-def defi_msgs_dir() -> Path:
-    """The msg/ folder of defi_msgs (the installed share dir, else the source tree)."""
-    return msg_types.defi_msgs_dir()
-
-
-def make_typestore(distro: str = 'kilted'):
-    """A rosbags typestore for the distro with the defi_msgs types registered (shared, cached)."""
-    return msg_types.typestore(distro)
+# defi_core's shared, cached typestore (with defi_msgs registered) and msg folder, under the names
+# this module has always offered
+make_typestore = msg_types.typestore
+defi_msgs_dir = msg_types.defi_msgs_dir
 
 
 def _stamp_ns(msg) -> int:
