@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
-from common import emit  # noqa: E402
+from common import emit, median  # noqa: E402
 
 CAMERA_SETS = {1: ['front=corner'], 2: ['front=corner', 'wrist=gripperPOV']}
 
@@ -37,7 +37,7 @@ def frames_per_second(size: int, cameras: list[str], frames: int) -> float:
                 sim.step(sim.expert_action())
                 sim.render()
             rates.append((frames // 3) / (time.perf_counter() - start))
-        return sorted(rates)[1]
+        return median(rates)
     finally:
         sim.close()
 
