@@ -225,7 +225,7 @@ class DefiPolicy(nn.Module):
         sigma: optional fixed action noise level, for evaluation curves (default: log-normal)."""
         norm = self._require_normalizer()
         images = batch['observation.images']
-        lang = self.encode_instruction(list(batch['task']) if not isinstance(batch['task'], str) else [batch['task']])
+        lang = self.encode_instruction(batch['task'])   # encode() takes one string or a batch of them
         feats = self.forward_features(images, lang)
         codes, tokens, vq_loss = self._latent(feats, lang)
         state = batch.get('observation.state') if self.cfg.state_dim > 0 else None
