@@ -217,9 +217,6 @@ class DefiNode(LifecycleNode):
             self._log_times[key] = now
             self.get_logger().error(message)
 
-    def set_state(self, state: int) -> None:
-        self._state = state
-
     def status_message(self) -> PolicyStatus:
         msg = PolicyStatus()
         msg.header.stamp = self.get_clock().now().to_msg()

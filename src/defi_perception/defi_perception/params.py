@@ -9,11 +9,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 
 P = TypeVar('P')
 
-__all__ = ['declare_params', 'read_params', 'param_names']
-
-
-def param_names(cls) -> list:
-    return [f.name for f in dataclasses.fields(cls)]
+__all__ = ['declare_params', 'read_params']
 
 
 def _default(f: dataclasses.Field) -> Any:
