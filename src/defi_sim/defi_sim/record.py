@@ -165,8 +165,9 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
                        - received0.get(recorder._absolute(t), 0) for t in topics}
                 return all(got[t] >= n for t, n in expected().items())
             _spin_until(executor, all_received, 10.0, f'the recorder to receive episode {name}')
+            want = expected()
             extra = {t: n for t, n in recorder.writer.counts.items() if t.lstrip('/') in topics
-                     and n != expected().get(t.lstrip('/'), n)}
+                     and n != want.get(t.lstrip('/'), n)}
             if extra:
                 raise RuntimeError(f'episode {name}: the bag holds more messages than this process '
                                    f'published ({extra}); another node publishes on these topics')
