@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -202,13 +202,7 @@ def preset(name: str, **overrides) -> DefiConfig:
     """A preset config with overrides, e.g. preset('tiny', action_dim=7, cameras=('front', 'wrist'))."""
     if name not in PRESETS:
         raise ValueError(f'unknown preset {name!r}; choose one of {sorted(PRESETS)}')
-    values = {**PRESETS[name], 'preset_name': name}
-    known = {f.name for f in fields(DefiConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f'preset({name!r}): unknown DefiConfig field(s) {unknown}')
-    values.update(overrides)
-    return DefiConfig(**values)
+    return DefiConfig.from_dict({**PRESETS[name], 'preset_name': name, **overrides}, source=f'preset({name!r})')
 
 
 def load_config(path) -> DefiConfig:
