@@ -24,9 +24,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     try:
         if origin in (list, tuple):
-            (item,) = set(typing.get_args(hint)) or {str}
-            if item is Ellipsis:
-                item = typing.get_args(hint)[0]
+            item = (typing.get_args(hint) or (str,))[0]   # List[X] and Tuple[X, ...]
             return [_coerce(name, v, item) for v in (value or [])]
         if hint is bool:
             if isinstance(value, str):
