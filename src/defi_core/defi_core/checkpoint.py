@@ -120,8 +120,6 @@ def _read_tensors(path: Path) -> dict:
     try:
         with safe_open(str(path), framework='pt', device='cpu') as f:
             return {k: f.get_tensor(k) for k in f.keys()}
-    except CheckpointError:
-        raise
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f'{path}: cannot read safetensors ({err})') from None
 
