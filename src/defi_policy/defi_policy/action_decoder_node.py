@@ -107,12 +107,7 @@ class ActionDecoderNode(DefiNode):
         except ValueError as exc:
             self.report_error('malformed_inputs', str(exc))
             return
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            self._features[stamp] = (feats, instruction)
-            while len(self._features) > PAIRING_WINDOW:
-                self._features.popitem(last=False)
-        self._try_pair(stamp)
+        self._store_and_pair(self._features, stamp_to_ns(msg.header.stamp), (feats, instruction))
 
     def on_latent(self, msg: LatentActions) -> None:
         if not self.active:
@@ -122,15 +117,15 @@ class ActionDecoderNode(DefiNode):
         except ValueError as exc:
             self.report_error('malformed_inputs', f'{self.params.latent_topic}: {exc}')
             return
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            self._latents[stamp] = tokens
-            while len(self._latents) > PAIRING_WINDOW:
-                self._latents.popitem(last=False)
-        self._try_pair(stamp)
+        self._store_and_pair(self._latents, stamp_to_ns(msg.header.stamp), tokens)
 
-    def _try_pair(self, stamp: int) -> None:
+    def _store_and_pair(self, pending: OrderedDict, stamp: int, value) -> None:
+        """Keep `value` in `pending` (features or latents) and, once both halves of `stamp` are
+        there, hand the pair to the worker."""
         with self._lock:
+            pending[stamp] = value
+            while len(pending) > PAIRING_WINDOW:
+                pending.popitem(last=False)
             if stamp not in self._features or stamp not in self._latents:
                 return
             feats, instruction = self._features.pop(stamp)
