@@ -22,15 +22,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import rclpy
-import rclpy.exceptions
 import rclpy.executors
 import rclpy.utilities
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+
+from .params import declare_params
 
 INSTRUCTION_TOPIC = 'instruction'
 STAGING_DIR = '.partial'  # episodes being written live in <out>/.partial/<name>
@@ -147,7 +149,7 @@ class EpisodeBagWriter:
 
 @dataclass
 class RecorderConfig:
-    topics: list = field(default_factory=list)  # topics to record (the instruction is always kept)
+    topics: List[str] = field(default_factory=list)  # topics to record (the instruction is always kept)
     out_dir: str = 'recordings'
     storage: str = 'mcap'
     autostart: bool = True          # open the first episode at once
@@ -161,20 +163,7 @@ class RecorderNode(Node):
     def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
         super().__init__('defi_recorder', context=context,
                          parameter_overrides=parameter_overrides, **node_kwargs)
-        defaults = RecorderConfig()
-        for name, value in vars(defaults).items():
-            if name == 'topics':
-                self.declare_parameter(name, rclpy.Parameter.Type.STRING_ARRAY)
-            else:
-                self.declare_parameter(name, value)
-        values = {}
-        for name in vars(defaults):
-            try:
-                value = self.get_parameter(name).value
-            except rclpy.exceptions.ParameterUninitializedException:
-                value = None  # `topics` has no default: checked by the caller
-            values[name] = list(value or []) if name == 'topics' else value
-        self.config = RecorderConfig(**values)
+        self.config = declare_params(self, RecorderConfig)   # `topics` [] is checked by the caller
         if self.config.stamp_source not in ('receive', 'header'):
             raise ValueError(f'parameter stamp_source={self.config.stamp_source!r}: expected receive or header')
         self.writer = EpisodeBagWriter(self.config.out_dir, self.config.storage)
