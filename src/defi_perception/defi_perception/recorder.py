@@ -181,8 +181,9 @@ class RecorderNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, latched, raw=True)
 
-        self._wanted = [self._absolute(t) for t in self.config.topics
-                        if self._absolute(t) != self._absolute(INSTRUCTION_TOPIC)]
+        self._instruction_topic = self._absolute(INSTRUCTION_TOPIC)
+        wanted = (self._absolute(t) for t in self.config.topics)
+        self._wanted = [t for t in wanted if t != self._instruction_topic]
         self._subscribed: dict[str, str] = {}
         self._recording_subs = []
         self.received: dict[str, int] = {}
@@ -242,13 +243,13 @@ class RecorderNode(Node):
         from rclpy.serialization import deserialize_message
         self._instruction_raw = bytes(data)
         self.instruction_text = deserialize_message(self._instruction_raw, String).data
-        self.received[self._absolute(INSTRUCTION_TOPIC)] = self.received.get(self._absolute(INSTRUCTION_TOPIC), 0) + 1
+        self.received[self._instruction_topic] = self.received.get(self._instruction_topic, 0) + 1
         if self.writer.active:
             self.writer.set_custom_data('instruction', self.instruction_text)
             if self._last_stamp_ns is None:
                 self._instruction_pending = True  # written with the episode's first message
             else:
-                self._write(self._absolute(INSTRUCTION_TOPIC), 'std_msgs/msg/String',
+                self._write(self._instruction_topic, 'std_msgs/msg/String',
                             self._stamp_without_header(), self._instruction_raw)
 
     def _on_message(self, topic: str, msgtype: str, use_header: bool, data: bytes) -> None:
@@ -269,8 +270,8 @@ class RecorderNode(Node):
         if self._instruction_pending and self._instruction_raw is not None:
             # The latched instruction goes first, stamped like the episode's first message.
             self._instruction_pending = False
-            if topic != self._absolute(INSTRUCTION_TOPIC):
-                self.writer.write(self._absolute(INSTRUCTION_TOPIC), 'std_msgs/msg/String',
+            if topic != self._instruction_topic:
+                self.writer.write(self._instruction_topic, 'std_msgs/msg/String',
                                   timestamp_ns, self._instruction_raw)
         self.writer.write(topic, msgtype, timestamp_ns, data)
         self._last_stamp_ns = timestamp_ns if self._last_stamp_ns is None else max(self._last_stamp_ns, timestamp_ns)
