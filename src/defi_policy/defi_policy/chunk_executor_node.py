@@ -84,7 +84,6 @@ class ChunkExecutorNode(DefiNode):
             raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
         if not p.max_age_s > 0:
             raise ValueError(f"parameter 'max_age_s': must be > 0, got {p.max_age_s}")
-        self.period_ns = int(1e9 / p.control_rate_hz)
         if p.output_mode == 'twist':
             self.cmd_pub = self.create_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
         elif p.output_mode == 'joint_trajectory':
