@@ -84,7 +84,11 @@ def test_composed_pipeline_publishes_chunk_with_shape_and_observation_stamp(pipe
     spin(ex, lambda: all(probe.status_of(n.get_name()) for n in nodes), timeout_s=3)
     for n in nodes:
         st = probe.status_of(n.get_name())
-        assert st is not None and st.errors_total == 0, (n.get_name(), st and st.last_error)
+        # stale observations are the right answer on a loaded machine (CI saw 1.1 s delays);
+        # anything else (malformed input, non-finite output, an exception) is a bug
+        assert st is not None, n.get_name()
+        assert (st.malformed_inputs, st.non_finite_outputs) == (0, 0), (n.get_name(), st.last_error)
+        assert st.errors_total == st.stale_observations, (n.get_name(), st.last_error)
     assert probe.status_of('action_decoder').decode_ms > 0
 
 
@@ -133,8 +137,9 @@ def test_camera_that_stops_leads_to_a_stop_command(pipeline, spin):
     assert spin(ex, stops, timeout_s=3.0)
     # the stop is stamped when the executor commanded it; the last frame when it was published
     stop_ns = stops()[0].header.stamp.sec * 10**9 + stops()[0].header.stamp.nanosec
-    # max_age_s (0.6) + one control period (0.1) + scheduling slack on a busy 2-core machine
-    assert (stop_ns - stamps[-1]) * 1e-9 < 0.6 + 0.1 + 0.1
+    # max_age_s (0.6) + one control period (0.1) + rclpy scheduling slack (0.2-0.3 s seen on
+    # this 2-core machine with the test thread spinning the executor)
+    assert (stop_ns - stamps[-1]) * 1e-9 < 0.6 + 0.1 + 0.4
     spin(ex, lambda: probe.status_of('chunk_executor').stops_commanded >= 1, timeout_s=2)
     assert probe.status_of('chunk_executor').stale_observations >= 1
 
@@ -152,12 +157,16 @@ def test_nan_in_model_output_commands_a_stop(pipeline, spin, tiny_policy, monkey
         return out
     monkeypatch.setattr(tiny_policy, 'decode_actions', poisoned)
     n_before = len(probe.msgs('defi/action_command'))
-    feed(probe, ex, spin, 4.0, stop_when=lambda: any(
-        all(v == 0.0 for v in m.data) for m in probe.msgs('defi/action_command')[n_before:]))
+    # wait for the executor to see the poisoned chunk (a stale-observation stop on a loaded
+    # machine may come first; it must not end the wait)
+    def executor_saw_nan():
+        st = probe.status_of('chunk_executor')
+        return st is not None and st.non_finite_outputs >= 1
+    feed(probe, ex, spin, 6.0, stop_when=executor_saw_nan)
+    assert executor_saw_nan()
+    spin(ex, lambda: False, timeout_s=0.2)
     after = probe.msgs('defi/action_command')[n_before:]
     assert any(all(v == 0.0 for v in m.data) for m in after), 'no stop command'
     assert all(all(map(math.isfinite, m.data)) for m in probe.msgs('defi/action_command'))
-    spin(ex, lambda: probe.status_of('chunk_executor').non_finite_outputs >= 1, timeout_s=2)
-    assert probe.status_of('chunk_executor').non_finite_outputs >= 1
     spin(ex, lambda: probe.status_of('action_decoder').non_finite_outputs >= 1, timeout_s=2)
     assert probe.status_of('action_decoder').non_finite_outputs >= 1
