@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     rec.add_argument('--extra', type=int, default=10, help='observations kept after success')
     rec.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
     sub.add_parser('tasks', help='list the Meta-World v3 tasks and their instructions')
+    from defi_sim.expert_data import add_dataset_parser, dataset_main
+    add_dataset_parser(sub)
     opts = parser.parse_args(argv)
     if opts.command == 'tasks':
         from defi_sim.tasks import DEVELOPMENT_TASKS, INSTRUCTIONS
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
         print('* = development task')
         return 0
     try:
-        return _record_main(opts)
+        return dataset_main(opts) if opts.command == 'dataset' else _record_main(opts)
     except (ValueError, FileExistsError, TimeoutError, RuntimeError) as err:
         print(f'defi-sim {opts.command}: error: {err}', file=sys.stderr)
         return 2
