@@ -6,7 +6,7 @@ cd "$ROOT"
 # shellcheck disable=SC1091
 source scripts/env.sh
 failed=()
-for script in benchmarks/inference.py benchmarks/data.py benchmarks/ros_latency.py benchmarks/sim.py; do
+for script in benchmarks/inference.py benchmarks/data.py benchmarks/ros_latency.py benchmarks/sim.py benchmarks/closed_loop.py; do
   [[ -f "$script" ]] || { echo "[bench] missing $script"; failed+=("$script"); continue; }
   echo "[bench] python $script --quick"
   python "$script" --quick || failed+=("$script")
