@@ -284,7 +284,7 @@ def run(args) -> dict:
     figures = {'task': args.task, 'checkpoint': os.path.relpath(Path(args.checkpoint).resolve(), ROOT),
                'seconds': args.seconds, 'control_rate_hz_configured': rate,
                'sim_mode': 'realtime', 'sim_observation_rate_hz_configured': sim_obs_hz,
-               'image_size': image_size,
+               'image_size': image_size, 'bringup_torch_threads': int(args.torch_threads),
                'preview_rate_hz': bringup_cfg['forward_predictor']['ros__parameters'].get('preview_rate_hz'),
                'load_average_1min_at_start': round(os.getloadavg()[0], 2)}
 
