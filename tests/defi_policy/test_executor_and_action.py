@@ -1,4 +1,7 @@
 """Chunk executor output modes and the ExecuteInstruction action server (real rclpy)."""
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -198,3 +201,50 @@ def test_missing_checkpoint_is_reported_and_the_node_keeps_running(ros_context, 
         assert node.policy is not None and node.policy.cfg.action_dim == 4
     finally:
         shutdown(ex, [node, probe.node])
+
+
+def test_cancel_is_immediate_and_shutdown_ends_a_running_goal(ros_context, spin):
+    """A slow feedback rate (one per 2 s) must delay neither a cancel nor the shutdown."""
+    from rclpy.action import ActionClient
+    from defi_msgs.action import ExecuteInstruction
+    from defi_policy.execute_instruction_server import ExecuteInstructionServer
+
+    server = ExecuteInstructionServer(context=ros_context,
+                                      parameter_overrides=params(feedback_rate_hz=0.5))
+    probe = Probe(ros_context)
+    assert server.start()
+    client = ActionClient(probe.node, ExecuteInstruction, 'execute_instruction')
+    ex = make_executor(ros_context, [server, probe.node])
+
+    def run_goal():
+        fut = client.send_goal_async(ExecuteInstruction.Goal(instruction='open the door', timeout=30.0))
+        spin(ex, fut.done, timeout_s=5)
+        handle = fut.result()
+        assert handle.accepted
+        spin(ex, lambda: False, timeout_s=0.3)       # the goal loop is now waiting
+        return handle
+    try:
+        assert spin(ex, lambda: client.server_is_ready(), timeout_s=5)
+        handle = run_goal()
+        t0 = time.monotonic()
+        cancel = handle.cancel_goal_async()
+        res = handle.get_result_async()
+        assert spin(ex, res.done, timeout_s=5)
+        assert res.result().result.error_code == ExecuteInstruction.Result.ERROR_CANCELED
+        assert time.monotonic() - t0 < 1.0, 'cancel waited for the feedback period'
+        assert cancel.done()
+
+        handle = run_goal()
+        res = handle.get_result_async()
+        t0 = time.monotonic()
+        done = threading.Thread(target=server._teardown_once)
+        done.start()
+        assert spin(ex, lambda: not done.is_alive(), timeout_s=5)
+        assert time.monotonic() - t0 < 1.5
+        assert not server.active and server.server is None
+        spin(ex, res.done, timeout_s=2)
+        if res.done():       # the server may be gone before the result reaches the client
+            assert res.result().result.message == 'the server is shutting down'
+    finally:
+        client.destroy()
+        shutdown(ex, [server, probe.node])

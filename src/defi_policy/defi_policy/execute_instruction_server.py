@@ -41,6 +41,10 @@ class ExecuteInstructionServer(DefiNode):
     def __init__(self, node_name: str = 'execute_instruction_server', **kwargs):
         super().__init__(node_name, **kwargs)
         self._lock = threading.Lock()
+        # wakes the goal loop at once on cancel, success, a newer goal or shutdown (a plain sleep
+        # made a cancel take up to one feedback period to stop the robot)
+        self._wake = threading.Condition(self._lock)
+        self._running_goals = 0
         self._success = False
         self._chunks = 0
         self._latency_ms = 0.0
@@ -59,6 +63,12 @@ class ExecuteInstructionServer(DefiNode):
                                    callback_group=self.callbacks)
 
     def teardown(self) -> None:
+        # end a running goal first (it aborts when inactive): destroying the server under it, or
+        # leaving it running, would hang the executor's shutdown
+        with self._wake:
+            self.active = False
+            self._wake.notify_all()
+            self._wake.wait_for(lambda: self._running_goals == 0, timeout=2.0)
         server = getattr(self, 'server', None)
         if server is not None:
             server.destroy()
@@ -66,7 +76,9 @@ class ExecuteInstructionServer(DefiNode):
 
     def on_success(self, msg: Bool) -> None:
         if msg.data:
-            self._success = True
+            with self._wake:
+                self._success = True
+                self._wake.notify_all()
 
     def on_chunk(self, msg: ActionChunk) -> None:
         with self._lock:
@@ -83,6 +95,8 @@ class ExecuteInstructionServer(DefiNode):
         return GoalResponse.ACCEPT
 
     def on_cancel(self, goal_handle) -> CancelResponse:
+        with self._wake:
+            self._wake.notify_all()     # the goal loop sees is_cancel_requested right away
         return CancelResponse.ACCEPT
 
     def _set_enabled(self, enabled: bool) -> None:
@@ -90,10 +104,12 @@ class ExecuteInstructionServer(DefiNode):
 
     def execute(self, goal_handle):
         goal = goal_handle.request
-        with self._lock:
+        with self._wake:
             self._goal_seq += 1
             seq = self._goal_seq          # a newer goal pre-empts this one
             self._chunks, self._latency_ms, self._success = 0, 0.0, False
+            self._running_goals += 1
+            self._wake.notify_all()
         timeout = goal.timeout if goal.timeout > 0 else self.params.default_timeout_s
         self.instruction_pub.publish(String(data=goal.instruction.strip()))
         self._set_enabled(True)
@@ -110,7 +126,8 @@ class ExecuteInstructionServer(DefiNode):
                     return result
                 if self._goal_seq != seq or not self.active:
                     goal_handle.abort()
-                    result.error_code, result.message = result.ERROR_CANCELED, 'pre-empted'
+                    result.error_code = result.ERROR_CANCELED
+                    result.message = 'pre-empted' if self.active else 'the server is shutting down'
                     return result
                 if self._success:
                     self._set_enabled(False)
@@ -129,13 +146,18 @@ class ExecuteInstructionServer(DefiNode):
                 with self._lock:
                     fb.chunks_executed, fb.last_latency_ms = self._chunks, float(self._latency_ms)
                 goal_handle.publish_feedback(fb)
-                time.sleep(min(period, max(0.01, timeout - elapsed)))
+                with self._wake:
+                    self._wake.wait(min(period, max(0.01, timeout - elapsed)))
         except Exception as exc:  # noqa: BLE001 - the robot must stop whatever happened
             self._set_enabled(False)
             self.report_error('other', f'{self.params.action_name}: {type(exc).__name__}: {exc}')
             goal_handle.abort()
             result.error_code, result.message = result.ERROR_POLICY_FAILURE, str(exc)
             return result
+        finally:
+            with self._wake:
+                self._running_goals -= 1
+                self._wake.notify_all()
 
 
 def main(args=None) -> None:
