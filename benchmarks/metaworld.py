@@ -85,18 +85,25 @@ class Runner:
         self.work = Path(plan.workdir)
         (self.work / 'logs').mkdir(parents=True, exist_ok=True)
         self.commands: list[str] = []
-        self.timings: dict[str, float] = {}
+        # stage -> seconds, kept across runs so that a resumed run still reports every stage's time
+        self._timings_file = self.work / 'stage_seconds.json'
+        self.earlier = json.loads(self._timings_file.read_text()) if self._timings_file.is_file() else {}
+        self.timings: dict = {}
         self._lock = threading.Lock()
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // max(1, plan.jobs))
 
-    def run(self, name: str, argv: list, env_threads: bool = True) -> None:
+    def run(self, name: str, argv: list, done: bool = False) -> None:
+        """Run argv (logged to logs/<name>.log) unless `done` (its output exists from an earlier
+        run: listed among the commands all the same, its time as 'reused')."""
         line = ' '.join(shlex.quote(str(a)) for a in argv)
         with self._lock:
             self.commands.append(line)
-        env = dict(os.environ)
-        if env_threads:
-            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+            if done:
+                self.timings[name] = f"{self.earlier.get(name, '?')} (reused)"
+        if done:
+            return
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         log = self.work / 'logs' / f'{name}.log'
         t0 = time.monotonic()
         with open(log, 'w') as f:
@@ -107,6 +114,9 @@ class Runner:
         took = time.monotonic() - t0
         with self._lock:
             self.timings[name] = round(took, 1)
+            if rc == 0:
+                self.earlier[name] = round(took, 1)
+                self._timings_file.write_text(json.dumps(self.earlier, indent=1))
         print(f'[metaworld] {name}: {"ok" if rc == 0 else f"FAILED (exit {rc})"} in {took:.0f} s '
               f'(log {log})', flush=True)
         if rc != 0:
@@ -117,19 +127,18 @@ class Runner:
     def data(self) -> None:
         p = self.plan
         af = self.work / 'cache' / 'action_free'
-        if not (af / 'meta.json').is_file():
-            self.run('data_action_free', [
-                'defi-sim', 'dataset', '--tasks', *DEV_TASKS, *OTHER_TASKS,
-                '--episodes', p.pretrain_episodes, '--seed', PRETRAIN_SEED, '--noise', p.pretrain_noise,
-                '--no-actions', '--image-size', 64, '--jobs', p.jobs, '--out', af, '--overwrite'])
+        self.run('data_action_free', [
+            'defi-sim', 'dataset', '--tasks', *DEV_TASKS, *OTHER_TASKS,
+            '--episodes', p.pretrain_episodes, '--seed', PRETRAIN_SEED, '--noise', p.pretrain_noise,
+            '--no-actions', '--image-size', 64, '--jobs', p.jobs, '--out', af, '--overwrite'],
+            done=(af / 'meta.json').is_file())
         for s in p.seeds:
             for k in p.ks:
                 out = self.labelled(s, k)
-                if not (out / 'meta.json').is_file():
-                    self.run(f'data_labelled_s{s}_k{k}', [
-                        'defi-sim', 'dataset', '--tasks', *DEV_TASKS, '--episodes', k,
-                        '--seed', 100 * s, '--noise', p.demo_noise, '--image-size', 64,
-                        '--jobs', p.jobs, '--out', out, '--overwrite'])
+                self.run(f'data_labelled_s{s}_k{k}', [
+                    'defi-sim', 'dataset', '--tasks', *DEV_TASKS, '--episodes', k,
+                    '--seed', 100 * s, '--noise', p.demo_noise, '--image-size', 64,
+                    '--jobs', p.jobs, '--out', out, '--overwrite'], done=(out / 'meta.json').is_file())
 
     def labelled(self, s: int, k: int) -> Path:
         return self.work / 'cache' / f'labelled_s{s}_k{k}'
@@ -147,10 +156,10 @@ class Runner:
         jobs = []
         for stage, steps in (('gfdm', p.gfdm_steps), ('gidm', p.gidm_steps)):
             out = self.work / 'runs' / stage
-            if not (out / 'final' / 'config.json').is_file():
-                jobs.append((f'pretrain_{stage}', [
-                    'defi-train', stage, '--config', f'config/train_{stage}.yaml', '--out', out,
-                    f'data.cache={af}', f'steps={steps}', *self.common_train_args(0)]))
+            jobs.append((f'pretrain_{stage}', [
+                'defi-train', stage, '--config', f'config/train_{stage}.yaml', '--out', out,
+                f'data.cache={af}', f'steps={steps}', *self.common_train_args(0)],
+                (out / 'final' / 'config.json').is_file()))
         with ThreadPoolExecutor(max(1, p.jobs)) as pool:
             for f in [pool.submit(self.run, *job) for job in jobs]:
                 f.result()
@@ -160,22 +169,20 @@ class Runner:
         p, spec = self.plan, VARIANTS[name]
         run_dir = self.work / 'runs' / f's{s}_k{k}' / name
         ckpt = run_dir / 'final'
-        if not (ckpt / 'config.json').is_file():
-            argv = ['defi-train', 'finetune', '--config', 'config/train_finetune.yaml', '--out', run_dir,
-                    f'data.cache={self.labelled(s, k)}', 'data.val_fraction=0',
-                    f'steps={p.finetune_steps}', *self.common_train_args(s), *spec['overrides']]
-            if spec['gfdm']:
-                argv += ['--gfdm', self.work / 'runs' / 'gfdm' / 'final']
-            if spec['gidm']:
-                argv += ['--gidm', self.work / 'runs' / 'gidm' / 'final']
-            self.run(f'finetune_s{s}_k{k}_{name}', argv)
+        argv = ['defi-train', 'finetune', '--config', 'config/train_finetune.yaml', '--out', run_dir,
+                f'data.cache={self.labelled(s, k)}', 'data.val_fraction=0',
+                f'steps={p.finetune_steps}', *self.common_train_args(s), *spec['overrides']]
+        if spec['gfdm']:
+            argv += ['--gfdm', self.work / 'runs' / 'gfdm' / 'final']
+        if spec['gidm']:
+            argv += ['--gidm', self.work / 'runs' / 'gidm' / 'final']
+        self.run(f'finetune_s{s}_k{k}_{name}', argv, done=(ckpt / 'config.json').is_file())
         eval_dir = run_dir / 'eval'
-        if not (eval_dir / 'results.json').is_file():
-            self.run(f'eval_s{s}_k{k}_{name}', [
-                'defi-eval', '--checkpoint', ckpt, '--tasks', *DEV_TASKS, '--episodes', p.eval_episodes,
-                '--mode', 'inprocess', '--seed', EVAL_SEED + 100 * s, '--max-steps', p.max_steps,
-                '--threads', self.threads, '--device', 'cpu' if p.device == 'auto' else p.device,
-                '--out', eval_dir])
+        self.run(f'eval_s{s}_k{k}_{name}', [
+            'defi-eval', '--checkpoint', ckpt, '--tasks', *DEV_TASKS, '--episodes', p.eval_episodes,
+            '--mode', 'inprocess', '--seed', EVAL_SEED + 100 * s, '--max-steps', p.max_steps,
+            '--threads', self.threads, '--device', 'cpu' if p.device == 'auto' else p.device,
+            '--out', eval_dir], done=(eval_dir / 'results.json').is_file())
         return eval_dir / 'results.json'
 
 
@@ -372,6 +379,15 @@ def main() -> int:
     wall_s = time.monotonic() - start
     rows = aggregate(plan, per_run)
     out_json = Path(args.out) if args.out else RESULTS / 'metaworld.json'
+    print(f'\n{"variant":<18}' + ''.join(f'{"K=" + str(k):>22}' for k in plan.ks))
+    at = {(r['variant'], r['k']): r for r in rows}
+    for name in plan.variants:
+        print(f'{name:<18}' + ''.join(
+            f"{at[name, k]['mean']:>8.0%} [{at[name, k]['ci95'][0]:.0%}, {at[name, k]['ci95'][1]:.0%}]".rjust(22)
+            if (name, k) in at else f'{"n/a":>22}' for k in plan.ks))
+    for line in goals(plan, rows):
+        print(f'  {line}')
+    print(f'[metaworld] {out_json.with_suffix(".md")} ({wall_s / 60:.1f} min)\n', flush=True)
     record = emit('metaworld', {
         'results': [{k: r[k] for k in ('variant', 'k', 'mean', 'ci95')} for r in rows],
         'details': rows, 'mode': mode, 'plan': dataclasses.asdict(plan), 'goals': goals(plan, rows),
@@ -379,7 +395,6 @@ def main() -> int:
     }, out=str(out_json))
     out_json.with_suffix('.md').write_text(markdown(plan, rows, runner, wall_s, mode, record))
     out_json.with_suffix('.svg').write_text(svg_plot(plan, rows))
-    print(f'[metaworld] {out_json.with_suffix(".md")} ({wall_s / 60:.1f} min)')
     return 1 if failures else 0
 
 
