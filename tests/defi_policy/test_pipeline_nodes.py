@@ -170,31 +170,3 @@ def test_nan_in_model_output_commands_a_stop(pipeline, spin, tiny_policy, monkey
     assert all(all(map(math.isfinite, m.data)) for m in probe.msgs('defi/action_command'))
     spin(ex, lambda: probe.status_of('action_decoder').non_finite_outputs >= 1, timeout_s=2)
     assert probe.status_of('action_decoder').non_finite_outputs >= 1
-
-
-def test_in_process_handoff_runs_the_stages_back_to_back_once_per_observation(pipeline, spin,
-                                                                               tiny_policy, monkeypatch):
-    import threading
-    from std_msgs.msg import String
-    from defi_policy.bringup import wire_in_process
-    probe, ex, nodes = pipeline
-    assert wire_in_process(nodes) >= 3        # features -> encoder, decoder; latents -> decoder
-    threads = []
-    real = tiny_policy.decode_actions
-
-    def traced(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(tiny_policy, 'decode_actions', traced)
-    probe.pubs['instruction'].publish(String(data='open the drawer'))
-    stamps = feed(probe, ex, spin, 8.0, stop_when=lambda: len(probe.msgs('defi/action_chunk')) >= 5)
-    spin(ex, lambda: False, timeout_s=0.5)       # let the DDS copies arrive: they must be skipped
-    chunks = [c.header.stamp.sec * 10**9 + c.header.stamp.nanosec for c in probe.msgs('defi/action_chunk')]
-    assert len(chunks) >= 5
-    assert len(set(chunks)) == len(chunks), 'an observation was decoded twice'
-    assert set(chunks) <= set(stamps)
-    assert len(threads) == len(chunks)
-    # the decoder ran in the forward predictor's worker thread, right after the features
-    assert set(threads) == {'defi-features'}, threads
-    # the topics are still published for everyone else
-    assert probe.msgs('defi/forward_features') and probe.msgs('defi/latent_actions')

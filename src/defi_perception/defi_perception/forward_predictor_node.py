@@ -165,7 +165,7 @@ class ForwardPredictorNode(DefiNode):
         if not all_finite(arr):
             self.report_error('non_finite_outputs', 'forward features: non-finite values; not published')
             return
-        self.publish(self.features_pub, features_to_msg(arr, stamp, instruction, self.frame_offsets,
+        self.features_pub.publish(features_to_msg(arr, stamp, instruction, self.frame_offsets,
                                                   self.params.frame_id))
         self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
 

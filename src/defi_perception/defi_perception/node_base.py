@@ -106,7 +106,6 @@ class DefiNode(LifecycleNode):
         self._configured = False
         self._state = PolicyStatus.STATE_UNCONFIGURED
         self._log_times: dict = {}
-        self._local_sinks: dict = {}   # topic -> in-process consumers (see publish())
         self.callbacks = ReentrantCallbackGroup()       # message callbacks: short, never inference
         self.timer_group = MutuallyExclusiveCallbackGroup()
         self._status_pub = self.create_publisher(PolicyStatus, self.params.status_topic,
@@ -204,27 +203,6 @@ class DefiNode(LifecycleNode):
             self._teardown_once()
         finally:
             super().destroy_node()
-
-    # ---- in-process handoff (bringup) ------------------------------------------------------------
-    def local_inputs(self) -> dict:
-        """{fully qualified topic: handler(msg)} this node can take in-process, in the caller's
-        thread, from a producer in the same process (defi_bringup wires them)."""
-        return {}
-
-    def add_local_sink(self, topic: str, handler) -> None:
-        self._local_sinks.setdefault(topic, []).append(handler)
-
-    def publish(self, publisher, msg) -> None:
-        """Publish to DDS, then hand the same message to in-process consumers. rclpy has no
-        intra-process transport: without this, each stage of a composed pipeline costs a DDS round
-        trip and a thread hop. Consumers skip the DDS copy that follows (same stamp)."""
-        publisher.publish(msg)
-        for handler in self._local_sinks.get(publisher.topic_name, ()):
-            try:
-                handler(msg)
-            except Exception as exc:  # noqa: BLE001 - a consumer's failure is not the producer's
-                self.report_error('other', f'in-process handoff on {publisher.topic_name}: '
-                                  f'{type(exc).__name__}: {exc}')
 
     # ---- helpers ------------------------------------------------------------------------------
     def now_ns(self) -> int:

@@ -50,7 +50,6 @@ class ActionDecoderNode(DefiNode):
         self._lock = threading.Lock()
         self._features = OrderedDict()   # stamp -> (features, instruction)
         self._latents = OrderedDict()    # stamp -> tokens
-        self._last_paired = -1           # newest stamp decoded: older or repeated halves are skipped
         self._joint_state = None
 
     def setup(self) -> None:
@@ -62,10 +61,10 @@ class ActionDecoderNode(DefiNode):
             raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
         self.action_dt = p.action_dt or self._checkpoint_dt()
         self.names = list(p.action_names) or [f'a{i}' for i in range(cfg.action_dim)]
-        self.features_sub = self.create_subscription(ForwardFeatures, p.features_topic, self.on_features,
-                                                     qos.FEATURES, callback_group=self.callbacks)
-        self.latent_sub = self.create_subscription(LatentActions, p.latent_topic, self.on_latent,
-                                                   qos.RELIABLE, callback_group=self.callbacks)
+        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
+                                 callback_group=self.callbacks)
+        self.create_subscription(LatentActions, p.latent_topic, self.on_latent, qos.RELIABLE,
+                                 callback_group=self.callbacks)
         if cfg.state_dim > 0:
             self.create_subscription(JointState, p.joint_states_topic, self.on_joint_state,
                                      qos.SENSOR, callback_group=self.callbacks)
@@ -100,11 +99,7 @@ class ActionDecoderNode(DefiNode):
     def on_joint_state(self, msg: JointState) -> None:
         self._joint_state = msg
 
-    def local_inputs(self) -> dict:
-        return {self.features_sub.topic_name: lambda msg: self.on_features(msg, inline=True),
-                self.latent_sub.topic_name: lambda msg: self.on_latent(msg, inline=True)}
-
-    def on_features(self, msg: ForwardFeatures, inline: bool = False) -> None:
+    def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
             return
         try:
@@ -112,9 +107,9 @@ class ActionDecoderNode(DefiNode):
         except ValueError as exc:
             self.report_error('malformed_inputs', str(exc))
             return
-        self._store_and_pair(self._features, stamp_to_ns(msg.header.stamp), (feats, instruction), inline)
+        self._store_and_pair(self._features, stamp_to_ns(msg.header.stamp), (feats, instruction))
 
-    def on_latent(self, msg: LatentActions, inline: bool = False) -> None:
+    def on_latent(self, msg: LatentActions) -> None:
         if not self.active:
             return
         try:
@@ -122,14 +117,12 @@ class ActionDecoderNode(DefiNode):
         except ValueError as exc:
             self.report_error('malformed_inputs', f'{self.params.latent_topic}: {exc}')
             return
-        self._store_and_pair(self._latents, stamp_to_ns(msg.header.stamp), tokens, inline)
+        self._store_and_pair(self._latents, stamp_to_ns(msg.header.stamp), tokens)
 
-    def _store_and_pair(self, pending: OrderedDict, stamp: int, value, inline: bool = False) -> None:
+    def _store_and_pair(self, pending: OrderedDict, stamp: int, value) -> None:
         """Keep `value` in `pending` (features or latents) and, once both halves of `stamp` are
-        there, decode the pair: on the worker, or right here for an in-process handoff."""
+        there, hand the pair to the worker."""
         with self._lock:
-            if stamp <= self._last_paired:      # already decoded (the DDS copy of a handoff)
-                return
             pending[stamp] = value
             while len(pending) > PAIRING_WINDOW:
                 pending.popitem(last=False)
@@ -137,7 +130,6 @@ class ActionDecoderNode(DefiNode):
                 return
             feats, instruction = self._features.pop(stamp)
             tokens = self._latents.pop(stamp)
-            self._last_paired = stamp
             # anything older can no longer be paired usefully
             for d in (self._features, self._latents):
                 for old in [s for s in d if s < stamp]:
@@ -149,11 +141,7 @@ class ActionDecoderNode(DefiNode):
             except ValueError as exc:
                 self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
                 return
-        item = (stamp, feats, tokens, instruction, state)
-        if inline:
-            self.worker.run_here(item)
-        else:
-            self.worker.submit(item)
+        self.worker.submit((stamp, feats, tokens, instruction, state))
 
     def _state_vector(self) -> np.ndarray:
         msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.params.state_names

@@ -1,11 +1,8 @@
 """defi_bringup: every DeFI component in ONE process, one MultiThreadedExecutor, one model.
 
 The checkpoint is loaded once and the same policy object is handed to the forward predictor, the
-latent-action encoder and the action decoder. Every message is still published on its topic (for
-RViz, recording, or a node run elsewhere), and with in_process_handoff the next stage also gets it
-in-process, in the producer's thread: features -> latent actions -> chunk run back to back in one
-thread, as in a single model call (rclpy has no intra-process transport; a DDS hop + thread switch
-per stage cost ~8 ms per chunk on 2 cores). Each node also runs alone, as its own executable. Parameters of every node come
+latent-action encoder and the action decoder; messages between them still go through real topics
+(so each node also runs alone, as its own executable, unchanged). Parameters of every node come
 from the usual --ros-args (-p, --params-file with a section per node name).
 """
 from __future__ import annotations
@@ -35,7 +32,6 @@ class BringupParams:
     # so more executor threads only fight over the GIL (measured: +30 ms median with 6 vs 2)
     executor_threads: int = 0
     autostart: bool = True
-    in_process_handoff: bool = True   # False: stages talk only through DDS, as separate processes
 
 
 def build_nodes(policy, with_action_server: bool = True, **node_kwargs) -> list:
@@ -47,21 +43,6 @@ def build_nodes(policy, with_action_server: bool = True, **node_kwargs) -> list:
     if with_action_server:
         nodes.append(ExecuteInstructionServer(**node_kwargs))
     return nodes
-
-
-def wire_in_process(nodes) -> int:
-    """Hand each published message to the consumers in this process (see the module doc);
-    call after start_nodes (subscriptions exist once configured). Returns the links made."""
-    links = 0
-    for consumer in nodes:
-        if not getattr(consumer, '_configured', False):
-            continue
-        for topic, handler in consumer.local_inputs().items():
-            for producer in nodes:
-                if producer is not consumer and hasattr(producer, 'add_local_sink'):
-                    producer.add_local_sink(topic, handler)
-                    links += 1
-    return links
 
 
 def start_nodes(nodes) -> list:
@@ -89,8 +70,6 @@ def main(args=None) -> None:
             failed = start_nodes(nodes)
             if failed:
                 host.get_logger().error(f'not started: {failed} (see defi/status last_error)')
-            if p.in_process_handoff:
-                wire_in_process(nodes)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

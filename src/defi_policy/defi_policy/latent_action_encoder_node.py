@@ -1,7 +1,6 @@
 """Latent-action encoder node: ForwardFeatures -> GIDM latent actions (defi_msgs/LatentActions)."""
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -27,13 +26,11 @@ class LatentActionEncoderNode(DefiNode):
 
     def __init__(self, policy=None, node_name: str = 'latent_action_encoder', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
-        self._lock = threading.Lock()
-        self._last_stamp = -1          # newest observation taken: older or repeated ones are skipped
 
     def setup(self) -> None:
         p = self.params
-        self.features_sub = self.create_subscription(ForwardFeatures, p.features_topic, self.on_features,
-                                                     qos.FEATURES, callback_group=self.callbacks)
+        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
+                                 callback_group=self.callbacks)
         self.latent_pub = self.create_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
         self.worker = LatestWorker(self._compute, 'defi-latent', lambda exc: self.report_error(
             'other', f'latent actions failed: {type(exc).__name__}: {exc}'))
@@ -42,27 +39,15 @@ class LatentActionEncoderNode(DefiNode):
         with model_call():
             self.policy.latent_actions(*warm_up_features(self.policy))
 
-    def local_inputs(self) -> dict:
-        return {self.features_sub.topic_name: lambda msg: self.on_features(msg, inline=True)}
-
-    def on_features(self, msg: ForwardFeatures, inline: bool = False) -> None:
-        """DDS callback (computes on the worker), or in-process handoff (computes right here)."""
+    def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
             return
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            if stamp <= self._last_stamp:      # the DDS copy of a handed-over message
-                return
-            self._last_stamp = stamp
         try:
             feats, instruction = policy_features_from_msg(msg, self.policy.cfg, self.params.features_topic)
         except ValueError as exc:
             self.report_error('malformed_inputs', str(exc))
             return
-        if inline:
-            self.worker.run_here((stamp, feats, instruction))
-        else:
-            self.worker.submit((stamp, feats, instruction))
+        self.worker.submit((stamp_to_ns(msg.header.stamp), feats, instruction))
 
     def _compute(self, item) -> None:
         import torch
@@ -75,7 +60,7 @@ class LatentActionEncoderNode(DefiNode):
         if not all_finite(tokens):
             self.report_error('non_finite_outputs', 'latent actions: non-finite tokens; not published')
             return
-        self.publish(self.latent_pub, latent_to_msg(codes[0].cpu().numpy(), tokens, stamp, self.params.frame_id))
+        self.latent_pub.publish(latent_to_msg(codes[0].cpu().numpy(), tokens, stamp, self.params.frame_id))
         self.counters.set(latent_ms=(time.perf_counter() - t0) * 1e3)
 
 

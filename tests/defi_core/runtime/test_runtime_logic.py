@@ -145,25 +145,6 @@ def test_latest_worker_keeps_only_the_newest_pending_item():
         w.close()
 
 
-def test_latest_worker_run_here_uses_the_calling_thread_and_reports_errors():
-    seen, errors = [], []
-
-    def work(item):
-        if item == 'bad':
-            raise ValueError('bad item')
-        seen.append((item, threading.current_thread().name))
-    w = LatestWorker(work, 'defi-test', on_error=errors.append)
-    try:
-        w.run_here('a')
-        w.run_here('bad')
-        assert seen == [('a', threading.current_thread().name)]
-        assert len(errors) == 1 and 'bad item' in str(errors[0]) and w.processed == 2
-    finally:
-        w.close()
-    w.run_here('after close')            # a closed worker (node shut down) ignores it
-    assert len(seen) == 1
-
-
 def test_camera_sync_takes_latest_frame_at_or_before_reference_within_tolerance():
     from defi_core.runtime.camera_sync import CameraSync
     sync = CameraSync(['front', 'wrist'], tolerance_s=0.1)

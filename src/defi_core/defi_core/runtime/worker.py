@@ -58,20 +58,6 @@ class LatestWorker:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def run_here(self, item: Any) -> None:
-        """Process `item` in the calling thread (an in-process handoff from a thread that is
-        already off the ROS executor), with the same error reporting as the worker thread."""
-        with self._cond:
-            if self._closed:
-                return
-        try:
-            self._fn(item)
-        except Exception as exc:  # noqa: BLE001 - reported, the caller keeps running
-            if self._on_error is not None:
-                self._on_error(exc)
-        with self._cond:
-            self.processed += 1
-
     def _loop(self) -> None:
         while True:
             with self._cond:
