@@ -297,9 +297,12 @@ def svg_plot(plan: Plan, rows: list) -> str:
 
 
 def markdown(plan: Plan, rows: list, runner: Runner, wall_s: float, mode: str, record: dict) -> str:
+    reused = sum(1 for v in runner.timings.values() if isinstance(v, str))
+    stage_min = sum(float(v) for k, v in runner.earlier.items() if k in runner.timings) / 60
     lines = ['# DeFI on Meta-World: the paper\'s claims in miniature', '',
              f"_{record['date']} · {record['machine']} · `{record['command']}` · wall time "
-             f"{wall_s / 60:.1f} min ({mode} run)_", '',
+             f"{wall_s / 60:.1f} min ({mode} run; {reused} of {len(runner.timings)} stages reused from "
+             f"earlier runs, {stage_min:.0f} min of stage time in all, two stages side by side)_", '',
              f"Preset `{plan.preset}`; seeds {list(plan.seeds)}; K in {list(plan.ks)} demonstrations per task; "
              f"{plan.eval_episodes} evaluation episodes per task per seed on unseen initial states "
              f"(seeds {EVAL_SEED}+100*s..), at most {plan.max_steps} control steps (12.5 ms) each; "

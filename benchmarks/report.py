@@ -117,11 +117,16 @@ def metaworld_section(r):
     variants = list(dict.fromkeys(row['variant'] for row in r['results']))
     at = {(row['variant'], row['k']): row for row in r['results']}
     plan = r.get('plan', {})
+    stages = r.get('stage_s', {})          # seconds, or "<seconds> (reused)" from an earlier run
+    reused = sum(1 for v in stages.values() if isinstance(v, str))
+    stage_min = sum(float(str(v).split()[0]) for v in stages.values()
+                    if str(v).split()[0].replace('.', '', 1).isdigit()) / 60
     lines = ['## Closed-loop success on Meta-World (DeFI and its ablations)', provenance(r), '',
              f"{r.get('mode', '?')} run: preset `{plan.get('preset')}`, seeds {plan.get('seeds')}, "
-             f"{plan.get('eval_episodes')} episodes per task per seed, 6 development tasks, "
-             f"wall time {r.get('wall_s', 0) / 60:.0f} min. Details, per-task table, plot and the exact "
-             'commands: [metaworld.md](metaworld.md).', '',
+             f"{plan.get('eval_episodes')} episodes per task per seed, 6 development tasks; "
+             f"{stage_min:.0f} min of stage time ({reused} of {len(stages)} stages reused from earlier "
+             f"runs; this invocation {r.get('wall_s', 0) / 60:.1f} min). Details, per-task table, plot, "
+             'analysis and the exact commands: [metaworld.md](metaworld.md).', '',
              '| variant | ' + ' | '.join(f'K={k}' for k in ks) + ' |', '|---|' + '---|' * len(ks)]
     for v in variants:
         cells = [f"{at[v, k]['mean']:.0%} [{at[v, k]['ci95'][0]:.0%}, {at[v, k]['ci95'][1]:.0%}]"
