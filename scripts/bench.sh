@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark in quick mode, then the one-page report benchmarks/results/README.md.
-# About 55 min on 2 cores, 45 of them benchmarks/metaworld.py (the Meta-World success table; its
+# About 35 min on 2 cores the first time, 26 of them benchmarks/metaworld_ablations.py (the Meta-World table; its
 # finished stages in data/bench_metaworld_quick are reused: delete it to measure again).
-# Skip some: BENCH_SKIP="metaworld sim" make bench.
+# Skip some: BENCH_SKIP="metaworld_ablations sim" make bench.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,7 +10,7 @@ cd "$ROOT"
 source scripts/env.sh
 failed=()
 for script in benchmarks/inference.py benchmarks/data.py benchmarks/ros_latency.py benchmarks/sim.py \
-              benchmarks/closed_loop.py benchmarks/metaworld.py; do
+              benchmarks/closed_loop.py benchmarks/metaworld_ablations.py; do
   name="$(basename "$script" .py)"
   if [[ " ${BENCH_SKIP:-} " == *" $name "* ]]; then echo "[bench] skipping $script (BENCH_SKIP)"; continue; fi
   [[ -f "$script" ]] || { echo "[bench] missing $script"; failed+=("$script"); continue; }

@@ -1,7 +1,7 @@
 """The paper's claims in miniature: DeFI and its ablations on the Meta-World development tasks.
 
-    python benchmarks/metaworld.py --quick      # tiny preset, 1 seed, K=10, 10 episodes/task (<= 45 min, 2 cores)
-    python benchmarks/metaworld.py              # base preset, 3 seeds, K in {5, 10, 25}, 25 episodes/task (GPU)
+    python benchmarks/metaworld_ablations.py --quick      # tiny preset, 1 seed, K=10, 10 episodes/task (<= 45 min, 2 cores)
+    python benchmarks/metaworld_ablations.py              # base preset, 3 seeds, K in {5, 10, 25}, 25 episodes/task (GPU)
 
 Pipeline, every stage with the project's own commands (each logged with its exact command line):
   1. data      `defi-sim dataset`: action-free pretraining video (>= 50 noisy expert episodes per task,
