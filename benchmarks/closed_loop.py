@@ -28,8 +28,6 @@ import argparse
 import os
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +40,7 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 from common import emit, median, percentile  # noqa: E402
+from defi_sim.evaluate_ros import ChildProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_TOPIC = 'defi/action_command'
@@ -82,32 +81,17 @@ def param_files(work: Path, args, image_size: int) -> tuple:
     return work / 'sim_override.yaml', work / 'bringup_override.yaml'
 
 
-class Child:
+class Child(ChildProcess):
     """A node process started as `python -m module` (its pid is the python process), logged to a file."""
 
     def __init__(self, name: str, module: str, params: list, log_path: Path, log_levels: list):
-        self.name, self.module, self.log_path = name, module, log_path
+        self.module = module
         argv = [sys.executable, '-m', module, '--ros-args']
         for p in params:
             argv += ['--params-file', str(p)]
         for level in log_levels:
             argv += ['--log-level', level]
-        self._log = open(log_path, 'wb')
-        env = dict(os.environ)
-        env['OMP_NUM_THREADS'] = '1'
-        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.killed = False
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f'{self.name} exited with code {self.popen.returncode}; log {self.log_path}:\n'
-                               + self.tail())
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-        except OSError:
-            return ''
+        super().__init__(name, argv, log_path, dict(os.environ, OMP_NUM_THREADS='1'))
 
     def memory_mb(self) -> dict:
         """VmHWM (peak resident set since start) and VmRSS of the python process, in MB."""
@@ -121,18 +105,6 @@ class Child:
             if key in ('VmHWM', 'VmRSS'):
                 out[key] = int(value.split()[0]) / 1024.0     # kB -> MB
         return out
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGINT, wait; SIGKILL after timeout_s (recorded in self.killed)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
 
 
 class Recorder:

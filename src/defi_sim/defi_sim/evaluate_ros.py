@@ -21,7 +21,7 @@ from defi_sim.evaluate import (CONTROL_DT_S, EpisodePictures, EvalConfig,  # noq
                                load_eval_policy, picture_indices, sim_cameras_for)
 from defi_sim.tasks import instruction_for  # noqa: E402
 
-__all__ = ['run_ros', 'BRINGUP_FAILED_MARK']
+__all__ = ['run_ros', 'BRINGUP_FAILED_MARK', 'ChildProcess']
 
 
 def _ros_params(checkpoint, policy_cfg, config: EvalConfig, chunk_dt: float, threads: int) -> tuple:
@@ -57,14 +57,16 @@ def _ros_params(checkpoint, policy_cfg, config: EvalConfig, chunk_dt: float, thr
 BRINGUP_FAILED_MARK = 'not started:'   # defi_bringup logs this when a node's configure failed
 
 
-class _Proc:
-    """A child process (sim node or bringup) with its log file; stopped with SIGINT, then harder."""
+class ChildProcess:
+    """A child process (sim node or bringup) with its log file; stopped with SIGINT, then harder
+    (`killed` tells whether SIGINT was not enough)."""
 
     def __init__(self, name: str, argv: list, log_path: Path, env: dict):
         import subprocess
         self.name, self.log_path = name, log_path
         self._log = open(log_path, 'wb')
         self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.killed = False
 
     def check_alive(self) -> None:
         if self.popen.poll() is not None:
@@ -91,6 +93,7 @@ class _Proc:
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.popen.terminate()
                 try:
                     self.popen.wait(timeout_s)
@@ -250,10 +253,10 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     episodes, pictures = [], {}
     recording = {'on': False}
     try:
-        procs.append(_Proc('defi_sim_node', [sys.executable, '-m', 'defi_sim.sim_node'] + ros_args('sim_params.yaml'),
-                           work / 'sim_node.log', env))
-        procs.append(_Proc('defi_bringup', [sys.executable, '-m', 'defi_policy.bringup'] + ros_args('bringup_params.yaml'),
-                           work / 'bringup.log', env))
+        procs.append(ChildProcess('defi_sim_node', [sys.executable, '-m', 'defi_sim.sim_node'] + ros_args('sim_params.yaml'),
+                                  work / 'sim_node.log', env))
+        procs.append(ChildProcess('defi_bringup', [sys.executable, '-m', 'defi_policy.bringup'] + ros_args('bringup_params.yaml'),
+                                  work / 'bringup.log', env))
         orch = _Orchestrator(context, policy_cfg.cameras[0], lambda: recording['on'])
         node = orch.node
         t0 = time.monotonic()
