@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .evaluate import CONTROL_DT_S
 from .metaworld_env import ARM_JOINTS, MetaWorldSim
 from .tasks import EVAL_SEED_OFFSET, canonical_task_name
 
@@ -50,7 +51,7 @@ class ExpertDataConfig:
 
     @property
     def fps(self) -> float:
-        return 1.0 / (self.steps_per_observation * 0.0125)
+        return 1.0 / (self.steps_per_observation * CONTROL_DT_S)
 
 
 def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
