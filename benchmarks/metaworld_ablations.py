@@ -91,19 +91,21 @@ class Runner:
         # stage -> seconds, kept across runs so that a resumed run still reports every stage's time
         self._timings_file = self.work / 'stage_seconds.json'
         self.earlier = json.loads(self._timings_file.read_text()) if self._timings_file.is_file() else {}
-        self.timings: dict = {}
+        self.timings: dict = {}      # stage -> seconds (from the earlier run for a reused stage)
+        self.reused: list = []
         self._lock = threading.Lock()
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // max(1, plan.jobs))
 
     def run(self, name: str, argv: list, done: bool = False) -> None:
         """Run argv (logged to logs/<name>.log) unless `done` (its output exists from an earlier
-        run: listed among the commands all the same, its time as 'reused')."""
+        run: listed among the commands all the same, with that run's time)."""
         line = ' '.join(shlex.quote(str(a)) for a in argv)
         with self._lock:
             self.commands.append(line)
             if done:
-                self.timings[name] = f"{self.earlier.get(name, '?')} (reused)"
+                self.timings[name] = self.earlier.get(name)
+                self.reused.append(name)
         if done:
             return
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
@@ -297,8 +299,8 @@ def svg_plot(plan: Plan, rows: list) -> str:
 
 
 def markdown(plan: Plan, rows: list, runner: Runner, wall_s: float, mode: str, record: dict) -> str:
-    reused = sum(1 for v in runner.timings.values() if isinstance(v, str))
-    stage_min = sum(float(v) for k, v in runner.earlier.items() if k in runner.timings) / 60
+    reused = len(runner.reused)
+    stage_min = sum(v or 0.0 for v in runner.timings.values()) / 60
     lines = ['# DeFI on Meta-World: the paper\'s claims in miniature', '',
              f"_{record['date']} · {record['machine']} · `{record['command']}` · wall time "
              f"{wall_s / 60:.1f} min ({mode} run; {reused} of {len(runner.timings)} stages reused from "
@@ -334,7 +336,8 @@ def markdown(plan: Plan, rows: list, runner: Runner, wall_s: float, mode: str, r
     if notes.is_file():
         lines += ['', notes.read_text().strip()]
     lines += ['', '## Stage wall times (s)', '', '| stage | s |', '|---|---|']
-    lines += [f'| {k} | {v} |' for k, v in sorted(runner.timings.items())]
+    lines += [f"| {k} | {v}{' (reused)' if k in runner.reused else ''} |"
+              for k, v in sorted(runner.timings.items())]
     lines += ['', '## Exact commands', '', '```'] + runner.commands + ['```', '',
               f'Logs of every command: `{plan.workdir}/logs/`. Re-running the same command reuses '
               'finished stages (delete the work directory to start over).', '']
@@ -400,7 +403,8 @@ def main() -> int:
     record = emit('metaworld', {
         'results': [{k: r[k] for k in ('variant', 'k', 'mean', 'ci95')} for r in rows],
         'details': rows, 'mode': mode, 'plan': dataclasses.asdict(plan), 'goals': goals(plan, rows),
-        'wall_s': round(wall_s, 1), 'stage_s': runner.timings, 'failures': failures,
+        'wall_s': round(wall_s, 1), 'stage_s': runner.timings,
+        'reused_stages': runner.reused, 'failures': failures,
     }, out=str(out_json))
     out_json.with_suffix('.md').write_text(markdown(plan, rows, runner, wall_s, mode, record))
     out_json.with_suffix('.svg').write_text(svg_plot(plan, rows))

@@ -117,10 +117,9 @@ def metaworld_section(r):
     variants = list(dict.fromkeys(row['variant'] for row in r['results']))
     at = {(row['variant'], row['k']): row for row in r['results']}
     plan = r.get('plan', {})
-    stages = r.get('stage_s', {})          # seconds, or "<seconds> (reused)" from an earlier run
-    reused = sum(1 for v in stages.values() if isinstance(v, str))
-    stage_min = sum(float(str(v).split()[0]) for v in stages.values()
-                    if str(v).split()[0].replace('.', '', 1).isdigit()) / 60
+    stages = r.get('stage_s', {})          # seconds per stage (a reused one: from its earlier run)
+    reused = len(r.get('reused_stages', []))
+    stage_min = sum(v or 0.0 for v in stages.values()) / 60
     lines = ['## Closed-loop success on Meta-World (DeFI and its ablations)', provenance(r), '',
              f"{r.get('mode', '?')} run: preset `{plan.get('preset')}`, seeds {plan.get('seeds')}, "
              f"{plan.get('eval_episodes')} episodes per task per seed, 6 development tasks; "
