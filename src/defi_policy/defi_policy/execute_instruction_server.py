@@ -22,6 +22,9 @@ from defi_perception.conversions import stamp_to_ns
 from defi_perception.node_base import CommonParams, DefiNode, run_node
 
 
+CANCEL_POLL_S = 0.05   # how often a running goal looks for a cancel request
+
+
 @dataclass
 class ExecuteInstructionParams(CommonParams):
     action_name: str = 'execute_instruction'
@@ -41,8 +44,8 @@ class ExecuteInstructionServer(DefiNode):
     def __init__(self, node_name: str = 'execute_instruction_server', **kwargs):
         super().__init__(node_name, **kwargs)
         self._lock = threading.Lock()
-        # wakes the goal loop at once on cancel, success, a newer goal or shutdown (a plain sleep
-        # made a cancel take up to one feedback period to stop the robot)
+        # wakes the goal loop at once on success, a newer goal or shutdown (a plain sleep of one
+        # feedback period made every ending wait for it)
         self._wake = threading.Condition(self._lock)
         self._running_goals = 0
         self._success = False
@@ -95,8 +98,6 @@ class ExecuteInstructionServer(DefiNode):
         return GoalResponse.ACCEPT
 
     def on_cancel(self, goal_handle) -> CancelResponse:
-        with self._wake:
-            self._wake.notify_all()     # the goal loop sees is_cancel_requested right away
         return CancelResponse.ACCEPT
 
     def _set_enabled(self, enabled: bool) -> None:
@@ -116,6 +117,7 @@ class ExecuteInstructionServer(DefiNode):
         result = ExecuteInstruction.Result()
         start = time.monotonic()
         period = 1.0 / max(self.params.feedback_rate_hz, 0.1)
+        next_feedback = start
         try:
             while True:
                 elapsed = time.monotonic() - start
@@ -141,13 +143,18 @@ class ExecuteInstructionServer(DefiNode):
                     result.error_code = result.ERROR_TIMEOUT
                     result.message = f'timeout after {timeout:.1f} s'
                     return result
-                fb = ExecuteInstruction.Feedback()
-                fb.elapsed = float(elapsed)
-                with self._lock:
-                    fb.chunks_executed, fb.last_latency_ms = self._chunks, float(self._latency_ms)
-                goal_handle.publish_feedback(fb)
+                if elapsed >= next_feedback - start:
+                    next_feedback += period
+                    fb = ExecuteInstruction.Feedback()
+                    fb.elapsed = float(elapsed)
+                    with self._lock:
+                        fb.chunks_executed, fb.last_latency_ms = self._chunks, float(self._latency_ms)
+                    goal_handle.publish_feedback(fb)
+                # rclpy marks a goal canceling only after on_cancel returns, so a cancel cannot
+                # notify this wait: it is polled every CANCEL_POLL_S
                 with self._wake:
-                    self._wake.wait(min(period, max(0.01, timeout - elapsed)))
+                    self._wake.wait(min(CANCEL_POLL_S, next_feedback - time.monotonic(),
+                                        max(0.01, timeout - elapsed)))
         except Exception as exc:  # noqa: BLE001 - the robot must stop whatever happened
             self._set_enabled(False)
             self.report_error('other', f'{self.params.action_name}: {type(exc).__name__}: {exc}')
