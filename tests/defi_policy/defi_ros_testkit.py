@@ -94,8 +94,10 @@ class Probe:
 
 
 def make_executor(context, nodes, threads=6):
-    from rclpy.executors import MultiThreadedExecutor
-    ex = MultiThreadedExecutor(num_threads=threads, context=context)
+    """threads=1: a SingleThreadedExecutor, as defi_bringup runs its pipeline nodes."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    ex = (SingleThreadedExecutor(context=context) if threads == 1
+          else MultiThreadedExecutor(num_threads=threads, context=context))
     for n in nodes:
         ex.add_node(n)
     return ex

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def pipeline(ros_context, tiny_policy):
-    """Bringup's nodes (shared policy) + a probe; yields (probe, executor, nodes)."""
+def pipeline(request, ros_context, tiny_policy):
+    """Bringup's nodes (shared policy) + a probe; yields (probe, executor, nodes). Indirect
+    parameter: fuse_model_stages (default True, as in defi_bringup)."""
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
@@ -20,7 +21,8 @@ def pipeline(ros_context, tiny_policy):
 
     overrides = params(status_rate_hz=10.0, preview_rate_hz=2.0, preview_steps=2, max_age_s=0.6,
                        control_rate_hz=10.0)
-    nodes = build_nodes(tiny_policy, with_action_server=False, context=ros_context,
+    nodes = build_nodes(tiny_policy, with_action_server=False,
+                        fuse_model_stages=getattr(request, 'param', True), context=ros_context,
                         parameter_overrides=overrides)
     probe = Probe(ros_context)
     for t, topic, q in ((ActionChunk, 'defi/action_chunk', qos.RELIABLE),
@@ -33,7 +35,9 @@ def pipeline(ros_context, tiny_policy):
     probe.publisher(Image, 'camera/image_raw', qos.SENSOR)
     probe.publisher(String, 'instruction', qos.INSTRUCTION)
     assert start_nodes(nodes) == []
-    ex = make_executor(ros_context, nodes + [probe.node])
+    # one thread, as defi_bringup spins its pipeline (a 6-thread MultiThreadedExecutor here
+    # starved the model threads of the GIL: 0.5 s per tiny forward pass, stale observations)
+    ex = make_executor(ros_context, nodes + [probe.node], threads=1)
     yield probe, ex, nodes
     shutdown(ex, nodes + [probe.node])
 
@@ -54,10 +58,15 @@ def feed(probe, ex, spin, seconds, rate_hz=10.0, stop_when=None, make=None):
     return stamps
 
 
+@pytest.mark.parametrize('pipeline', [True, False], ids=['fused', 'topics'], indirect=True)
 def test_composed_pipeline_publishes_chunk_with_shape_and_observation_stamp(pipeline, spin,
                                                                              tiny_policy):
     from std_msgs.msg import String
     probe, ex, nodes = pipeline
+    fused = nodes[0].downstream is not None
+    # fused: the later stages are called in-process, only the probe reads the intermediate topics
+    expected = {'defi/forward_features': 1 if fused else 3, 'defi/latent_actions': 1 if fused else 2}
+    assert {t: probe.node.count_subscribers(t) for t in expected} == expected
     probe.pubs['instruction'].publish(String(data='press the button'))
     stamps = feed(probe, ex, spin, 8.0, stop_when=lambda: len(probe.msgs('defi/action_chunk')) >= 3
                   and probe.msgs('defi/predicted_frames'))

@@ -20,7 +20,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from defi_core.runtime.camera_sync import CameraSync
-from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, PolicyStatus
 
@@ -56,6 +55,9 @@ class ForwardPredictorNode(DefiNode):
         self._last_submitted_ns = -1
         self.features_worker = None
         self.preview_worker = None
+        # defi_bringup's fused model stages: called with (stamp, features, lang, instruction) on
+        # the features worker, under the model lock, before the features are published
+        self.downstream = None
 
     # ---- lifecycle hooks ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -160,14 +162,17 @@ class ForwardPredictorNode(DefiNode):
         t0 = time.perf_counter()
         with model_call():
             lang = self.policy.encode_instruction([instruction])
-            feats = self.policy.forward_features(self._images(frames), lang)[0]
-        arr = feats.float().cpu().numpy()
-        if not all_finite(arr):
-            self.report_error('non_finite_outputs', 'forward features: non-finite values; not published')
-            return
-        self.features_pub.publish(features_to_msg(arr, stamp, instruction, self.frame_offsets,
-                                                  self.params.frame_id))
-        self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
+            feats = self.policy.forward_features(self._images(frames), lang)
+            if not bool(feats.isfinite().all()):
+                self.report_error('non_finite_outputs', 'forward features: non-finite values; not published')
+                return
+            self.counters.set(features_ms=(time.perf_counter() - t0) * 1e3)
+            if self.downstream is not None:
+                self.downstream(stamp, feats, lang, instruction)
+        # fused: the chunk is out already; the features are only for whoever listens
+        if self.downstream is None or self.features_pub.get_subscription_count() > 0:
+            self.features_pub.publish(features_to_msg(feats[0].float().cpu().numpy(), stamp, instruction,
+                                                      self.frame_offsets, self.params.frame_id))
 
     def _compute_preview(self, item) -> None:
         stamp, frames, instruction = item

@@ -288,14 +288,16 @@ def init_ros(args=None) -> None:
 
 def shutdown_nodes(executor, nodes) -> None:
     """Tear the nodes down (the executor commands its stop), give DDS a moment to deliver the
-    stop, then destroy everything."""
+    stop, then destroy everything. `executor`: one executor, or a list (None entries skipped)."""
     for node in nodes:
         try:
             node._teardown_once() if isinstance(node, DefiNode) else None
         except Exception as exc:  # noqa: BLE001
             node.get_logger().error(f'teardown: {exc}')
     time.sleep(0.3)
-    executor.shutdown()
+    for ex in executor if isinstance(executor, (list, tuple)) else [executor]:
+        if ex is not None:
+            ex.shutdown()
     for node in nodes:
         node.destroy_node()
     rclpy.try_shutdown()

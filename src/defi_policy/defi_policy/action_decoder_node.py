@@ -3,6 +3,8 @@
 The chunk is stamped with the OBSERVATION time (the camera stamp behind the features), carries dt,
 the action names, horizon and action_dim. Features and latent actions are paired by stamp. A chunk
 with non-finite values is still published (counted here) so that the executor stops at once.
+In defi_bringup (fuse_model_stages) the forward predictor's worker calls decode() in-process
+instead, and the features / latent-actions subscriptions are not made.
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ class ActionDecoderNode(DefiNode):
     params_cls = ActionDecoderParams
     status_row = 2
 
-    def __init__(self, policy=None, node_name: str = 'action_decoder', **kwargs):
+    def __init__(self, policy=None, node_name: str = 'action_decoder', *, in_process: bool = False,
+                 **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
+        self.in_process = in_process     # True: fed by decode() calls, no features/latents topics
         self._lock = threading.Lock()
         self._features = OrderedDict()   # stamp -> (features, instruction)
         self._latents = OrderedDict()    # stamp -> tokens
@@ -61,14 +65,16 @@ class ActionDecoderNode(DefiNode):
             raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
         self.action_dt = p.action_dt or self._checkpoint_dt()
         self.names = list(p.action_names) or [f'a{i}' for i in range(cfg.action_dim)]
-        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
-                                 callback_group=self.callbacks)
-        self.create_subscription(LatentActions, p.latent_topic, self.on_latent, qos.RELIABLE,
-                                 callback_group=self.callbacks)
         if cfg.state_dim > 0:
             self.create_subscription(JointState, p.joint_states_topic, self.on_joint_state,
                                      qos.SENSOR, callback_group=self.callbacks)
         self.chunk_pub = self.create_publisher(ActionChunk, p.chunk_topic, qos.RELIABLE)
+        if self.in_process:
+            return
+        self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
+                                 callback_group=self.callbacks)
+        self.create_subscription(LatentActions, p.latent_topic, self.on_latent, qos.RELIABLE,
+                                 callback_group=self.callbacks)
         self.worker = LatestWorker(self._compute, 'defi-decode', lambda exc: self.report_error(
             'other', f'action decoding failed: {type(exc).__name__}: {exc}'))
 
@@ -134,14 +140,20 @@ class ActionDecoderNode(DefiNode):
             for d in (self._features, self._latents):
                 for old in [s for s in d if s < stamp]:
                     del d[old]
-        state = None
-        if self.policy.cfg.state_dim > 0:
-            try:
-                state = self._state_vector()
-            except ValueError as exc:
-                self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
-                return
-        self.worker.submit((stamp, feats, tokens, instruction, state))
+        ok, state = self.current_state()
+        if ok:
+            self.worker.submit((stamp, feats, tokens, instruction, state))
+
+    def current_state(self):
+        """(True, state [state_dim] or None when the checkpoint has no state), or (False, None)
+        after reporting why the latest JointState cannot be used."""
+        if self.policy.cfg.state_dim <= 0:
+            return True, None
+        try:
+            return True, self._state_vector()
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
+            return False, None
 
     def _state_vector(self) -> np.ndarray:
         msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.params.state_names
@@ -161,17 +173,27 @@ class ActionDecoderNode(DefiNode):
     def _compute(self, item) -> None:
         import torch
         stamp, feats, tokens, instruction, state = item
+        with model_call():
+            lang = self.policy.encode_instruction([instruction])
+            self.decode(stamp, torch.from_numpy(feats.copy())[None], torch.from_numpy(tokens.copy())[None],
+                        lang, instruction, state)
+
+    def decode(self, stamp: int, feats, tokens, lang, instruction: str, state=None) -> None:
+        """features [1, T, N, C] + tokens [1, Q, D] + instruction embedding (+ state [state_dim])
+        -> one ActionChunk published, stamped `stamp`; nothing for a stale observation."""
+        import torch
+        if not self.active:
+            return
         age_s = (self.now_ns() - stamp) * 1e-9
         if age_s > self.params.max_age_s:
-            self.report_error('stale_observations', f'{self.params.latent_topic}: observation is '
-                              f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); no chunk')
+            source = 'in-process features' if self.in_process else self.params.latent_topic
+            self.report_error('stale_observations', f'{source}: observation is {age_s:.3f} s old '
+                              f'(max_age_s={self.params.max_age_s}); no chunk')
             return
         t0 = time.perf_counter()
         with model_call():
-            lang = self.policy.encode_instruction([instruction])
             state_t = None if state is None else torch.from_numpy(state)[None]
-            chunk = self.policy.decode_actions(torch.from_numpy(feats.copy())[None],
-                                               torch.from_numpy(tokens.copy())[None], lang, state_t)
+            chunk = self.policy.decode_actions(feats, tokens, lang, state_t)
         actions = chunk[0].float().cpu().numpy()
         if not all_finite(actions):
             # published anyway: the executor must see it and command a stop now

@@ -1,15 +1,21 @@
-"""defi_bringup: every DeFI component in ONE process, one MultiThreadedExecutor, one model.
+"""defi_bringup: every DeFI component in ONE process, one model.
 
 The checkpoint is loaded once and the same policy object is handed to the forward predictor, the
-latent-action encoder and the action decoder; messages between them still go through real topics
-(so each node also runs alone, as its own executable, unchanged). Parameters of every node come
-from the usual --ros-args (-p, --params-file with a section per node name).
+latent-action encoder and the action decoder. With fuse_model_stages (the default) the forward
+predictor's worker runs the three model stages back to back, in-process, and publishes the chunk:
+rclpy has no intra-process transport, and a DDS hop per stage (the 128 KB features twice) plus a
+thread switch cost ~10 ms per chunk on 2 cores. The features and latent actions are still
+published for whoever subscribes (RViz, a recorder). With fuse_model_stages false the stages talk
+through their topics, exactly as when each node runs alone as its own executable. Parameters of
+every node come from the usual --ros-args (-p, --params-file with a section per node name).
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
@@ -28,21 +34,42 @@ class BringupParams:
     device: str = 'cpu'
     torch_threads: int = 1
     with_action_server: bool = True
-    # 0 = auto: 2 (+1 while an ExecuteInstruction goal runs). Inference runs on worker threads,
-    # so more executor threads only fight over the GIL (measured: +30 ms median with 6 vs 2)
-    executor_threads: int = 0
     autostart: bool = True
+    fuse_model_stages: bool = True   # see the module doc; False: the stages talk through topics
 
 
-def build_nodes(policy, with_action_server: bool = True, **node_kwargs) -> list:
-    """The pipeline's nodes sharing `policy` (None: each loads its own 'checkpoint' parameter)."""
-    nodes = [ForwardPredictorNode(policy=policy, **node_kwargs),
-             LatentActionEncoderNode(policy=policy, **node_kwargs),
-             ActionDecoderNode(policy=policy, **node_kwargs),
-             ChunkExecutorNode(**node_kwargs)]
+def build_nodes(policy, with_action_server: bool = True, fuse_model_stages: bool = True,
+                **node_kwargs) -> list:
+    """The pipeline's nodes sharing `policy` (None: each loads its own 'checkpoint' parameter):
+    forward predictor, latent-action encoder, action decoder, chunk executor[, action server]."""
+    predictor = ForwardPredictorNode(policy=policy, **node_kwargs)
+    encoder = LatentActionEncoderNode(policy=policy, in_process=fuse_model_stages, **node_kwargs)
+    decoder = ActionDecoderNode(policy=policy, in_process=fuse_model_stages, **node_kwargs)
+    if fuse_model_stages:
+        predictor.downstream = functools.partial(_latent_then_decode, encoder, decoder)
+    nodes = [predictor, encoder, decoder, ChunkExecutorNode(**node_kwargs)]
     if with_action_server:
         nodes.append(ExecuteInstructionServer(**node_kwargs))
     return nodes
+
+
+def _latent_then_decode(encoder, decoder, stamp, feats, lang, instruction) -> None:
+    """The fused stages after the features (on the predictor's worker); each node counts and
+    reports its own failures, as when it runs alone."""
+    try:
+        tokens = encoder.encode(stamp, feats, lang)
+    except Exception as exc:  # noqa: BLE001 - reported; the next observation tries again
+        encoder.report_error('other', f'latent actions failed: {type(exc).__name__}: {exc}')
+        return
+    if tokens is None:
+        return
+    ok, state = decoder.current_state()
+    if not ok:
+        return
+    try:
+        decoder.decode(stamp, feats, tokens, lang, instruction, state)
+    except Exception as exc:  # noqa: BLE001
+        decoder.report_error('other', f'action decoding failed: {type(exc).__name__}: {exc}')
 
 
 def start_nodes(nodes) -> list:
@@ -60,23 +87,32 @@ def main(args=None) -> None:
         host.get_logger().info(f'loaded {p.checkpoint} once for all nodes')
     except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
         host.get_logger().error(f'defi_bringup: {exc}')
-    nodes = build_nodes(policy, p.with_action_server)
-    threads = p.executor_threads or (3 if p.with_action_server else 2)
-    executor = MultiThreadedExecutor(num_threads=max(2, threads))
-    for n in [host] + nodes:
+    nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
+    pipeline, servers = [host] + nodes[:4], nodes[4:]
+    # Every pipeline callback is short (inference runs on worker threads), so one thread serves
+    # them all. rclpy's MultiThreadedExecutor rebuilds its wait set (~130 entities here) around
+    # each callback it hands to its pool, and re-submits a callback until a pool thread picks it
+    # up: that cost 1-5 ms per camera frame on 2 cores (see the package README).
+    executor = SingleThreadedExecutor()
+    for n in pipeline:
         executor.add_node(n)
+    # the ExecuteInstruction goal loop holds a thread for the whole goal
+    goal_executor = MultiThreadedExecutor(num_threads=3) if servers else None
+    for n in servers:
+        goal_executor.add_node(n)
     try:
         if p.autostart:
             failed = start_nodes(nodes)
             if failed:
                 host.get_logger().error(f'not started: {failed} (see defi/status last_error)')
+        if goal_executor is not None:
+            threading.Thread(target=goal_executor.spin, name='defi-goals', daemon=True).start()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         # the chunk executor commands its stop before anything is destroyed
-        shutdown_nodes(executor, [nodes[3]] + nodes[:3] + nodes[4:] + [host])
-
+        shutdown_nodes([executor, goal_executor], [nodes[3]] + nodes[:3] + servers + [host])
 
 if __name__ == '__main__':
     main()

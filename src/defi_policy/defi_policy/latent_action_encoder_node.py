@@ -1,10 +1,13 @@
-"""Latent-action encoder node: ForwardFeatures -> GIDM latent actions (defi_msgs/LatentActions)."""
+"""Latent-action encoder node: ForwardFeatures -> GIDM latent actions (defi_msgs/LatentActions).
+
+Run alone it subscribes to the features topic. In defi_bringup (fuse_model_stages) it is called
+in-process by the forward predictor's worker instead (encode()), and LatentActions are published
+only while somebody subscribes (RViz, a recorder, a decoder in another process)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions
 from defi_perception import qos
@@ -24,14 +27,18 @@ class LatentActionEncoderNode(DefiNode):
     params_cls = LatentEncoderParams
     status_row = 1
 
-    def __init__(self, policy=None, node_name: str = 'latent_action_encoder', **kwargs):
+    def __init__(self, policy=None, node_name: str = 'latent_action_encoder', *,
+                 in_process: bool = False, **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
+        self.in_process = in_process     # True: fed by encode() calls, no features subscription
 
     def setup(self) -> None:
         p = self.params
+        self.latent_pub = self.create_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
+        if self.in_process:
+            return
         self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
                                  callback_group=self.callbacks)
-        self.latent_pub = self.create_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
         self.worker = LatestWorker(self._compute, 'defi-latent', lambda exc: self.report_error(
             'other', f'latent actions failed: {type(exc).__name__}: {exc}'))
 
@@ -52,16 +59,26 @@ class LatentActionEncoderNode(DefiNode):
     def _compute(self, item) -> None:
         import torch
         stamp, feats, instruction = item
-        t0 = time.perf_counter()
         with model_call():
             lang = self.policy.encode_instruction([instruction])
-            codes, tokens = self.policy.latent_actions(torch.from_numpy(feats.copy())[None], lang)
-        tokens = tokens[0].float().cpu().numpy()
-        if not all_finite(tokens):
+            self.encode(stamp, torch.from_numpy(feats.copy())[None], lang)
+
+    def encode(self, stamp: int, feats, lang):
+        """features [1, T, N, C] + instruction embedding -> latent-action tokens [1, Q, D] (None if
+        not finite or not active); publishes LatentActions when somebody listens."""
+        if not self.active:
+            return None
+        t0 = time.perf_counter()
+        with model_call():
+            codes, tokens = self.policy.latent_actions(feats, lang)
+        if not bool(tokens.isfinite().all()):
             self.report_error('non_finite_outputs', 'latent actions: non-finite tokens; not published')
-            return
-        self.latent_pub.publish(latent_to_msg(codes[0].cpu().numpy(), tokens, stamp, self.params.frame_id))
+            return None
         self.counters.set(latent_ms=(time.perf_counter() - t0) * 1e3)
+        if not self.in_process or self.latent_pub.get_subscription_count() > 0:
+            self.latent_pub.publish(latent_to_msg(codes[0].cpu().numpy(), tokens[0].float().cpu().numpy(),
+                                                  stamp, self.params.frame_id))
+        return tokens
 
 
 def main(args=None) -> None:
