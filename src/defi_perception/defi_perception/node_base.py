@@ -22,7 +22,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from visualization_msgs.msg import Marker
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
@@ -303,11 +303,13 @@ def shutdown_nodes(executor, nodes) -> None:
     rclpy.try_shutdown()
 
 
-def run_node(node_cls, args=None, num_threads: int = 2) -> None:
-    """main() of a single-node executable: start (if autostart) and spin a MultiThreadedExecutor."""
+def run_node(node_cls, args=None, num_threads: int = 1) -> None:
+    """main() of a single-node executable: start (if autostart) and spin. One thread (callbacks
+    are short; inference runs on worker threads), unless a callback blocks (the goal loop)."""
     init_ros(args)
     node = node_cls()
-    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor = (SingleThreadedExecutor() if num_threads == 1
+                else MultiThreadedExecutor(num_threads=num_threads))
     executor.add_node(node)
     try:
         if node.params.autostart and not node.start():
