@@ -1,7 +1,8 @@
 """DeFI on a robot: `ros2 launch launch/defi.launch.py checkpoint:=/path/to/ckpt`.
 
-composed:=true (default) runs every component in ONE process (defi_bringup: one model, one
-MultiThreadedExecutor); composed:=false runs each node as its own process (each loads the model).
+composed:=true (default) runs every component in ONE process (defi_bringup: one model, the three
+model stages fused in one worker); composed:=false runs each node as its own process (each loads
+the model; the stages talk through their topics).
 """
 import os
 
