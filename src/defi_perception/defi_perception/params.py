@@ -51,10 +51,10 @@ def declare_params(node, cls: Type[P]) -> P:
     for f in dataclasses.fields(cls):
         default = _default(f)
         hint = hints[f.name]
-        desc = ParameterDescriptor(description=str(f.metadata.get('help', '')))
+        # dynamic typing: ROS would reject `max_age_s: 1` (an integer for a double) with an
+        # exception that does not say which file; _coerce converts it, or names the parameter
+        desc = ParameterDescriptor(description=str(f.metadata.get('help', '')), dynamic_typing=True)
         if typing.get_origin(hint) in (list, tuple):
-            # an empty list has no ROS type: let the first override decide, coerce below
-            desc.dynamic_typing = True
             default = list(default)
         param = node.declare_parameter(f.name, default, desc)
         values[f.name] = _coerce(f.name, param.value, hint)
