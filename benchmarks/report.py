@@ -46,6 +46,7 @@ def ros_section(r):
             '| path | median ms | p95 ms | dropped |', '|---|---|---|---|',
             f"| model only (`predict_action_chunk`) | {fmt(r.get('model_ms_median'))} | {fmt(r.get('model_ms_p95'))} | {r.get('model_dropped', 'n/a')} |",
             f"| composed bringup (one process) | {fmt(r.get('composed_ms_median'))} | {fmt(r.get('composed_ms_p95'))} | {r.get('composed_dropped', 'n/a')} |",
+            f"| composed, `executor:=multi` (one MultiThreadedExecutor) | {fmt(r.get('composed_multi_ms_median'))} | {fmt(r.get('composed_multi_ms_p95'))} | {r.get('composed_multi_dropped', 'n/a')} |",
             f"| separate processes | {fmt(r.get('separate_ms_median'))} | {fmt(r.get('separate_ms_p95'))} | {r.get('separate_dropped', 'n/a')} |",
             '', f"Overhead of the composed pipeline over model-only: **{fmt(r.get('overhead_ms_median'))} ms** "
             f"median (target <= 5 ms); preset {r.get('preset')}, {fmt(r.get('rate_hz'))} Hz."]

@@ -2,13 +2,16 @@
 
     python benchmarks/ros_latency.py [--quick] [--preset base] [--out FILE]
 
-Three ways, each fed one 64 px camera at 10 Hz by a probe in THIS process (the "robot"):
-  model-only  predict_action_chunk on the same frames, no ROS (the floor);
-  composed    defi_bringup: every node in one process, one model (the default way to run);
-  separate    one process per node (forward predictor, latent encoder, decoder, executor).
+Each way is fed one 64 px camera at 10 Hz by a probe in THIS process (the "robot"):
+  model-only      predict_action_chunk on the same frames, no ROS (the floor);
+  composed        defi_bringup: every node in one process, one model (the default way to run);
+  composed_multi  the same with executor:=multi (every node on one MultiThreadedExecutor);
+  separate        one process per node (forward predictor, latent encoder, decoder, executor).
 Latency = receive time of the ActionChunk stamped with a frame's stamp - publish time of that
 frame. Dropped = frames that never got a chunk (the predictor keeps only the newest frame when the
-model is busy). Random weights, 4-D actions, preview sampling off (it would compete for the CPU).
+model is busy). Random weights, 4-D actions, preview sampling off (it would compete for the CPU),
+PolicyStatus at the nodes' default 2 Hz, as shipped (5 Hz added ~0.5-2 ms: the status timers
+compete with the model for the GIL).
 """
 from __future__ import annotations
 
@@ -83,7 +86,6 @@ def params_file(path: Path, ckpt: Path, threads: int) -> Path:
   ros__parameters:
     checkpoint: "{ckpt}"
     torch_threads: {threads}
-    status_rate_hz: 5.0
     status_marker_frame: ""
 forward_predictor:
   ros__parameters:
@@ -108,7 +110,9 @@ defi_bringup:
 
 def start_processes(mode: str, params: Path):
     args = ['--ros-args', '--params-file', str(params), '--log-level', 'warn']
-    mods = (['defi_policy.bringup'] if mode == 'composed' else
+    if mode == 'composed_multi':
+        args += ['-p', 'executor:=multi']
+    mods = (['defi_policy.bringup'] if mode.startswith('composed') else
             ['defi_perception.forward_predictor_node', 'defi_policy.latent_action_encoder_node',
              'defi_policy.action_decoder_node', 'defi_policy.chunk_executor_node'])
     return [subprocess.Popen([sys.executable, '-m', m] + args) for m in mods]
@@ -224,7 +228,7 @@ def main():
     ap.add_argument('--preset', default='base')
     ap.add_argument('--seconds', type=float, default=None)
     ap.add_argument('--torch-threads', type=int, default=1)
-    ap.add_argument('--modes', default='model,composed,separate')
+    ap.add_argument('--modes', default='model,composed,composed_multi,separate')
     ap.add_argument('--out', default=None)
     args = ap.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
@@ -267,17 +271,18 @@ def main():
             rows.insert(0, ('model', median(model_lat), percentile(model_lat, 95), model_dropped, model_total))
     if 'model_ms_median' in figures and 'composed_ms_median' in figures:
         figures['overhead_ms_median'] = round(figures['composed_ms_median'] - figures['model_ms_median'], 2)
-    if 'separate_ms_median' in figures and 'model_ms_median' in figures:
-        figures['separate_overhead_ms_median'] = round(
-            figures['separate_ms_median'] - figures['model_ms_median'], 2)
+    for mode in ('composed_multi', 'separate'):
+        if f'{mode}_ms_median' in figures and 'model_ms_median' in figures:
+            figures[f'{mode}_overhead_ms_median'] = round(
+                figures[f'{mode}_ms_median'] - figures['model_ms_median'], 2)
     figures['dropped'] = figures.get('composed_dropped', 0)
     print(f'\nDeFI ROS latency, preset {args.preset}, {cfg.image_size} px, {RATE_HZ:.0f} Hz, {seconds:.0f} s per mode')
-    print(f"{'mode':<10} {'median ms':>10} {'p95 ms':>10} {'dropped':>8} {'frames':>7}")
+    print(f"{'mode':<15} {'median ms':>10} {'p95 ms':>10} {'dropped':>8} {'frames':>7}")
     for mode, med, p95, dropped, total in rows:
-        print(f'{mode:<10} {med:>10.1f} {p95:>10.1f} {dropped:>8d} {total:>7d}')
+        print(f'{mode:<15} {med:>10.1f} {p95:>10.1f} {dropped:>8d} {total:>7d}')
     if 'overhead_ms_median' in figures:
         print(f"composed overhead over model-only: {figures['overhead_ms_median']:+.1f} ms (median)")
-    for mode in ('composed', 'separate'):
+    for mode in ros_modes:
         if f'{mode}_ros_share_ms_median' in figures:
             print(f"{mode}: model stages {figures[f'{mode}_stage_compute_ms_median']:.1f} ms "
                   f"(medians measured in the nodes), the rest {figures[f'{mode}_ros_share_ms_median']:+.1f} ms")

@@ -13,7 +13,8 @@ from defi_ros_testkit import Probe, image_msg, make_executor, shutdown
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_bringup_process_runs_the_pipeline(ros_context, spin, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize('executor', ['single', 'multi'])
+def test_bringup_process_runs_the_pipeline(ros_context, spin, tiny_checkpoint, tmp_path, executor):
     from std_msgs.msg import String
     from sensor_msgs.msg import Image
     from defi_msgs.msg import ActionChunk, PolicyStatus
@@ -28,6 +29,7 @@ def test_bringup_process_runs_the_pipeline(ros_context, spin, tiny_checkpoint, t
 defi_bringup:
   ros__parameters:
     with_action_server: false
+    executor: {executor}
 forward_predictor:
   ros__parameters:
     camera_topics: ["camera/front/image_raw"]
@@ -72,3 +74,11 @@ forward_predictor:
             proc.kill()
         log.close()
         shutdown(ex, [probe.node])
+
+
+def test_bringup_rejects_an_unknown_executor(tiny_checkpoint):
+    proc = subprocess.run([sys.executable, '-m', 'defi_policy.bringup', '--ros-args',
+                           '-p', f'checkpoint:={tiny_checkpoint}', '-p', 'executor:=threads'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "parameter 'executor': 'threads'" in proc.stdout + proc.stderr

@@ -64,8 +64,9 @@ def warm_up_features(policy):
 class CommonParams:
     checkpoint: str = ''             # checkpoint directory (config.json + model.safetensors)
     device: str = 'cpu'
-    # 1: the three model stages already run in parallel threads; more intra-op threads
-    # oversubscribe a 2-core machine (measured: 20x slower per chunk under load). 0 = torch default
+    # 1: the message threads and the preview share the cores with the model; more intra-op
+    # threads oversubscribe a 2-core machine (measured: 20x slower per chunk under load).
+    # 0 = torch default
     torch_threads: int = 1
     status_topic: str = 'defi/status'
     status_rate_hz: float = 2.0

@@ -36,6 +36,13 @@ class BringupParams:
     with_action_server: bool = True
     autostart: bool = True
     fuse_model_stages: bool = True   # see the module doc; False: the stages talk through topics
+    # 'single': the pipeline nodes on one SingleThreadedExecutor, the action server on its own
+    # MultiThreadedExecutor (faster: see make_executors); 'multi': every node on one
+    # MultiThreadedExecutor (DESIGN.md's layout)
+    executor: str = 'single'
+
+
+EXECUTORS = ('single', 'multi')
 
 
 def build_nodes(policy, with_action_server: bool = True, fuse_model_stages: bool = True,
@@ -77,18 +84,13 @@ def start_nodes(nodes) -> list:
     return [n.get_name() for n in nodes if not n.start()]
 
 
-def main(args=None) -> None:
-    init_ros(args)
-    host = Node('defi_bringup')
-    p = declare_params(host, BringupParams)
-    policy = None
-    try:
-        policy = load_checkpoint_policy(p.checkpoint, p.device, p.torch_threads)
-        host.get_logger().info(f'loaded {p.checkpoint} once for all nodes')
-    except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
-        host.get_logger().error(f'defi_bringup: {exc}')
-    nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
-    pipeline, servers = [host] + nodes[:4], nodes[4:]
+def make_executors(kind: str, pipeline: list, servers: list):
+    """(executor spun by main, executor for the action server spun on its own thread or None)."""
+    if kind == 'multi':
+        executor = MultiThreadedExecutor(num_threads=3 if servers else 2)
+        for n in pipeline + servers:
+            executor.add_node(n)
+        return executor, None
     # Every pipeline callback is short (inference runs on worker threads), so one thread serves
     # them all. rclpy's MultiThreadedExecutor rebuilds its wait set (~130 entities here) around
     # each callback it hands to its pool, and re-submits a callback until a pool thread picks it
@@ -96,10 +98,29 @@ def main(args=None) -> None:
     executor = SingleThreadedExecutor()
     for n in pipeline:
         executor.add_node(n)
-    # the ExecuteInstruction goal loop holds a thread for the whole goal
-    goal_executor = MultiThreadedExecutor(num_threads=3) if servers else None
+    if not servers:
+        return executor, None
+    goal_executor = MultiThreadedExecutor(num_threads=3)   # a goal's loop holds one thread
     for n in servers:
         goal_executor.add_node(n)
+    return executor, goal_executor
+
+
+def main(args=None) -> None:
+    init_ros(args)
+    host = Node('defi_bringup')
+    p = declare_params(host, BringupParams)
+    if p.executor not in EXECUTORS:
+        host.get_logger().fatal(f"parameter 'executor': {p.executor!r} is not one of {list(EXECUTORS)}")
+        raise SystemExit(2)
+    policy = None
+    try:
+        policy = load_checkpoint_policy(p.checkpoint, p.device, p.torch_threads)
+        host.get_logger().info(f'loaded {p.checkpoint} once for all nodes')
+    except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
+        host.get_logger().error(f'defi_bringup: {exc}')
+    nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
+    executor, goal_executor = make_executors(p.executor, [host] + nodes[:4], nodes[4:])
     try:
         if p.autostart:
             failed = start_nodes(nodes)
@@ -112,7 +133,8 @@ def main(args=None) -> None:
         pass
     finally:
         # the chunk executor commands its stop before anything is destroyed
-        shutdown_nodes([executor, goal_executor], [nodes[3]] + nodes[:3] + servers + [host])
+        shutdown_nodes([executor, goal_executor], [nodes[3]] + nodes[:3] + nodes[4:] + [host])
+
 
 if __name__ == '__main__':
     main()
