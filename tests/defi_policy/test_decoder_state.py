@@ -1,8 +1,10 @@
 """Action decoder with proprioception (state_dim > 0): joint_states is required and selected by name."""
+import time
+
 import numpy as np
 import pytest
 
-from defi_ros_testkit import Probe, make_executor, make_tiny_policy, params, shutdown
+from defi_ros_testkit import Probe, image_msg, make_executor, make_tiny_policy, params, shutdown
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,3 +61,38 @@ def test_decoder_needs_joint_states_when_the_checkpoint_has_state(ros_context, s
         assert c.dt == pytest.approx(0.05) and np.all(np.isfinite(c.data))
     finally:
         shutdown(ex, [node, probe.node])
+
+
+def test_fused_bringup_stages_read_joint_states_too(ros_context, spin):
+    """defi_bringup's fused stages: the decoder is called in-process, and still needs the state."""
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+    from defi_msgs.msg import ActionChunk
+    from defi_perception import qos
+    from defi_policy.bringup import build_nodes, start_nodes
+    nodes = build_nodes(make_tiny_policy(state_dim=2), with_action_server=False, context=ros_context,
+                        parameter_overrides=params(state_names=['elbow', 'shoulder'], max_age_s=5.0,
+                                                   preview_rate_hz=0.0))
+    decoder = nodes[2]
+    probe = Probe(ros_context)
+    probe.listen(ActionChunk, 'defi/action_chunk', qos.RELIABLE)
+    cam = probe.publisher(Image, 'camera/image_raw', qos.SENSOR)
+    js_pub = probe.publisher(JointState, 'joint_states', qos.SENSOR)
+    probe.publisher(String, 'instruction', qos.INSTRUCTION).publish(String(data='stack the blocks'))
+    assert start_nodes(nodes) == []
+    ex = make_executor(ros_context, nodes + [probe.node], threads=1)
+
+    def feed_until(predicate, seconds=5.0):
+        deadline, k = time.monotonic() + seconds, 0
+        while time.monotonic() < deadline and not predicate():
+            cam.publish(image_msg(probe.now(), seed=k))
+            k += 1
+            spin(ex, lambda: False, timeout_s=0.1)
+        return predicate()
+    try:
+        assert feed_until(lambda: decoder.counters.malformed_inputs >= 1)
+        assert 'joint_states' in decoder.counters.last_error and probe.msgs('defi/action_chunk') == []
+        js_pub.publish(JointState(name=['shoulder', 'elbow'], position=[0.3, -0.2]))
+        assert feed_until(lambda: probe.msgs('defi/action_chunk'))
+    finally:
+        shutdown(ex, nodes + [probe.node])
