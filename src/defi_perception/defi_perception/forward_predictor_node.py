@@ -81,11 +81,11 @@ class ForwardPredictorNode(DefiNode):
                                  callback_group=self.callbacks)
         self.features_pub = self.create_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
         self.features_worker = LatestWorker(self._compute_features, 'defi-features',
-                                            self._worker_error('forward features'))
+                                            functools.partial(self.report_failure, 'forward features'))
         if p.preview_rate_hz > 0 and getattr(self.policy, 'gfdm', None) is not None:
             self.preview_pub = self.create_publisher(Image, p.predicted_frames_topic, qos.BEST_EFFORT)
             self.preview_worker = LatestWorker(self._compute_preview, 'defi-preview',
-                                               self._worker_error('predicted frames'))
+                                               functools.partial(self.report_failure, 'predicted frames'))
             self.create_timer(1.0 / p.preview_rate_hz, self._on_preview_timer,
                               callback_group=self.timer_group)
 
@@ -145,9 +145,6 @@ class ForwardPredictorNode(DefiNode):
             self.preview_worker.submit((obs[0], obs[1], self.instruction))
 
     # ---- worker threads -----------------------------------------------------------------------
-    def _worker_error(self, what: str):
-        return lambda exc: self.report_error('other', f'{what} failed: {type(exc).__name__}: {exc}')
-
     def _images(self, frames):
         import torch
         return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]   # [1, V, 3, H, W]

@@ -218,6 +218,11 @@ class DefiNode(LifecycleNode):
             self._log_times[key] = now
             self.get_logger().error(message)
 
+    def report_failure(self, what: str, exc: BaseException) -> None:
+        """An exception in a model stage (a worker's on_error): counted as 'other'; the node keeps
+        running and the next observation tries again."""
+        self.report_error('other', f'{what} failed: {type(exc).__name__}: {exc}')
+
     def status_message(self) -> PolicyStatus:
         msg = PolicyStatus()
         msg.header.stamp = self.get_clock().now().to_msg()

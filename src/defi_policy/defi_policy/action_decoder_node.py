@@ -8,6 +8,7 @@ instead, and the features / latent-actions subscriptions are not made.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -75,8 +76,8 @@ class ActionDecoderNode(DefiNode):
                                  callback_group=self.callbacks)
         self.create_subscription(LatentActions, p.latent_topic, self.on_latent, qos.RELIABLE,
                                  callback_group=self.callbacks)
-        self.worker = LatestWorker(self._compute, 'defi-decode', lambda exc: self.report_error(
-            'other', f'action decoding failed: {type(exc).__name__}: {exc}'))
+        self.worker = LatestWorker(self._compute, 'defi-decode',
+                                   functools.partial(self.report_failure, 'action decoding'))
 
     def _checkpoint_dt(self) -> float:
         """1/fps of the data the checkpoint was trained on (config.json extra.fps)."""

@@ -66,7 +66,7 @@ def _latent_then_decode(encoder, decoder, stamp, feats, lang, instruction) -> No
     try:
         tokens = encoder.encode(stamp, feats, lang)
     except Exception as exc:  # noqa: BLE001 - reported; the next observation tries again
-        encoder.report_error('other', f'latent actions failed: {type(exc).__name__}: {exc}')
+        encoder.report_failure('latent actions', exc)
         return
     if tokens is None:
         return
@@ -76,7 +76,7 @@ def _latent_then_decode(encoder, decoder, stamp, feats, lang, instruction) -> No
     try:
         decoder.decode(stamp, feats, tokens, lang, instruction, state)
     except Exception as exc:  # noqa: BLE001
-        decoder.report_error('other', f'action decoding failed: {type(exc).__name__}: {exc}')
+        decoder.report_failure('action decoding', exc)
 
 
 def start_nodes(nodes) -> list:

@@ -5,6 +5,7 @@ in-process by the forward predictor's worker instead (encode()), and LatentActio
 only while somebody subscribes (RViz, a recorder, a decoder in another process)."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ class LatentActionEncoderNode(DefiNode):
             return
         self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
                                  callback_group=self.callbacks)
-        self.worker = LatestWorker(self._compute, 'defi-latent', lambda exc: self.report_error(
-            'other', f'latent actions failed: {type(exc).__name__}: {exc}'))
+        self.worker = LatestWorker(self._compute, 'defi-latent',
+                                   functools.partial(self.report_failure, 'latent actions'))
 
     def warm_up(self) -> None:
         with model_call():
