@@ -292,16 +292,16 @@ def init_ros(args=None) -> None:
     signal.signal(signal.SIGINT, _terminate)
 
 
-def shutdown_nodes(executor, nodes) -> None:
+def shutdown_nodes(executors, nodes) -> None:
     """Tear the nodes down (the executor commands its stop), give DDS a moment to deliver the
-    stop, then destroy everything. `executor`: one executor, or a list (None entries skipped)."""
+    stop, then shut the executors down (None entries skipped) and destroy everything."""
     for node in nodes:
         try:
             node._teardown_once() if isinstance(node, DefiNode) else None
         except Exception as exc:  # noqa: BLE001
             node.get_logger().error(f'teardown: {exc}')
     time.sleep(0.3)
-    for ex in executor if isinstance(executor, (list, tuple)) else [executor]:
+    for ex in executors:
         if ex is not None:
             ex.shutdown()
     for node in nodes:
@@ -325,4 +325,4 @@ def run_node(node_cls, args=None, num_threads: int = 1) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        shutdown_nodes(executor, [node])
+        shutdown_nodes([executor], [node])
