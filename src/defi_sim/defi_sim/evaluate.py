@@ -34,7 +34,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 
 import numpy as np  # noqa: E402
 
-from defi_sim.tasks import EVAL_SEED_OFFSET, canonical_task_name, instruction_for  # noqa: E402
+from defi_sim.tasks import EVAL_SEED_OFFSET, check_episode_config, instruction_for  # noqa: E402
 
 __all__ = ['EvalConfig', 'EpisodePictures', 'run_inprocess', 'load_eval_policy',
            'sim_cameras_for', 'frame_offsets_steps', 'write_pictures', 'checkpoint_chunk_dt']
@@ -59,12 +59,7 @@ class EvalConfig:
     video_scale: int = 2
 
     def __post_init__(self):
-        self.tasks = tuple(canonical_task_name(t) for t in self.tasks)
-        if not self.tasks:
-            raise ValueError('tasks: name at least one Meta-World task')
-        for name in ('episodes', 'max_steps', 'steps_per_observation', 'replan_every'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name}: must be >= 1, got {getattr(self, name)}')
+        check_episode_config(self, ('episodes', 'max_steps', 'steps_per_observation', 'replan_every'))
         if self.chunk_delay < 0:
             raise ValueError(f'chunk_delay: must be >= 0, got {self.chunk_delay}')
         if self.action_dt_s < 0:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .evaluate import CONTROL_DT_S
 from .metaworld_env import ARM_JOINTS, MetaWorldSim
-from .tasks import EVAL_SEED_OFFSET, canonical_task_name
+from .tasks import EVAL_SEED_OFFSET, check_episode_config
 
 __all__ = ['ExpertDataConfig', 'expert_episode', 'expert_episodes', 'write_expert_cache']
 
@@ -40,12 +40,7 @@ class ExpertDataConfig:
     with_actions: bool = True          # False: action-free video (pretraining data)
 
     def __post_init__(self):
-        self.tasks = tuple(canonical_task_name(t) for t in self.tasks)
-        if not self.tasks:
-            raise ValueError('tasks: name at least one Meta-World task')
-        for name in ('episodes', 'image_size', 'steps_per_observation', 'max_steps'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name}: must be >= 1, got {getattr(self, name)}')
+        check_episode_config(self, ('episodes', 'image_size', 'steps_per_observation', 'max_steps'))
         if self.noise_std < 0 or self.extra_observations < 0 or self.seed < 0:
             raise ValueError('noise_std, extra_observations and seed must be >= 0')
 

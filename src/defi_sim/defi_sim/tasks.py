@@ -74,6 +74,17 @@ def canonical_task_name(name: str) -> str:
     return full
 
 
+def check_episode_config(cfg, counts) -> None:
+    """The checks an episode config shares (EvalConfig, ExpertDataConfig): cfg.tasks made canonical
+    (at least one), and every field named in `counts` >= 1. ValueErrors name the field."""
+    cfg.tasks = tuple(canonical_task_name(t) for t in cfg.tasks)
+    if not cfg.tasks:
+        raise ValueError('tasks: name at least one Meta-World task')
+    for name in counts:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f'{name}: must be >= 1, got {getattr(cfg, name)}')
+
+
 def instruction_for(task: str) -> str:
     """The natural-language instruction for a Meta-World task name (with or without '-v3')."""
     return INSTRUCTIONS[canonical_task_name(task)]
