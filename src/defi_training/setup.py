@@ -19,7 +19,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'defi-train = defi_training.train_cli:main',
+            'defi-train = defi_training.train_cli:run',
             'defi-data = defi_training.data_cli:main',
         ],
     },

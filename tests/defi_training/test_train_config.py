@@ -172,3 +172,17 @@ def test_defi_train_console_script_is_installed():
     assert proc.returncode == 0 and '--resume' in proc.stdout and '--gfdm' in proc.stdout
     proc = subprocess.run([exe, 'gidm', 'optim.nope=1'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "'optim.nope'" in proc.stderr
+
+
+@pytest.mark.parametrize('entry', ['script', 'module'])
+def test_torchrun_exit_path_keeps_exit_code_and_error(entry):
+    # Under torchrun (WORLD_SIZE > 1) the entry point skips interpreter finalization (a gloo thread can
+    # abort it); the exit code and the error must still come through (test_train_ddp checks stdout).
+    import os
+    import shutil
+    import subprocess
+    import sys
+    exe = [shutil.which('defi-train')] if entry == 'script' else [sys.executable, '-m', 'defi_training.train_cli']
+    env = {**os.environ, 'WORLD_SIZE': '2', 'RANK': '0'}
+    proc = subprocess.run([*exe, 'gidm', 'optim.nope=1'], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "'optim.nope'" in proc.stderr

@@ -53,6 +53,7 @@ def test_two_process_gloo_ddp_run_keeps_ranks_identical_and_resumes_exactly(cach
     proc = _torchrun(['--out', str(out), *common], steps=4)
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['world_size'] == 2
+    assert str(out / 'final') in proc.stdout   # rank 0 prints the export; it survives the fast exit
     digests = summary['rank_weight_sha256']
     assert len(digests) == 2 and digests[0] == digests[1]
     assert 'different weights' not in proc.stderr

@@ -14,6 +14,7 @@ idm_type (gidm|mlp|transformer|none), train_gfdm and backbone.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -74,5 +75,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> None:
+    """The `defi-train` / `python -m defi_training.train_cli` entry point."""
+    code = main()
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        # Under torchrun, a gloo worker thread may still be freeing the last collectives' tensors
+        # when the interpreter finalizes; it then cannot take the GIL and aborts the process
+        # (SIGABRT, "terminate called without an active exception") after a finished run. Every
+        # file is written and closed by now, so skip interpreter finalization.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    run()
