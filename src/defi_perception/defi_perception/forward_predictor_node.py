@@ -6,6 +6,9 @@
   its own worker thread, published as one sensor_msgs/Image strip [now | t+1 ... t+T] (one row per
   camera) on defi/predicted_frames for RViz.
 Inference runs on worker threads (latest-wins); ROS callbacks only decode, buffer and hand over.
+Frames stamped more than max_future_s ahead of the node's clock are refused (counted, logged with
+the topic); when the clock or the camera's stamps go back, the buffers are reset so that fresh
+frames are processed again.
 """
 from __future__ import annotations
 
@@ -111,16 +114,35 @@ class ForwardPredictorNode(DefiNode):
                               '(no features are computed until a non-empty one arrives)')
         self.instruction = text
 
+    def on_time_jump(self) -> None:
+        with self._lock:
+            self.sync.clear()
+            self._last_submitted_ns = -1
+
     def on_image(self, camera: str, topic: str, msg) -> None:
         if not self.active:
+            return
+        now = self.now_ns()
+        stamp = stamp_to_ns(msg.header.stamp) or now
+        if not self.check_stamp(topic, stamp, now):
             return
         try:
             rgb = image_msg_to_rgb(msg, self.image_size)
         except ValueError as exc:
             self.report_error('malformed_inputs', f'{topic}: {exc}')
             return
-        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
         with self._lock:
+            if camera == self.sync.reference and stamp < self._last_submitted_ns:
+                back_s = (self._last_submitted_ns - stamp) * 1e-9
+                if back_s <= self.params.max_future_s:
+                    # delivered out of order: a newer frame was processed already
+                    self.counters.set(dropped_frames=self.counters.dropped_frames + 1)
+                    return
+                # the camera's time went back (a restarted driver or sim): start over from here
+                self.get_logger().warning(f'{topic}: stamps went back {back_s:.3f} s; camera '
+                                          'buffers reset', throttle_duration_sec=2.0)
+                self.sync.clear()
+                self._last_submitted_ns = -1
             self.sync.push(camera, stamp, rgb)
             if camera != self.sync.reference or not self.instruction:
                 return
@@ -151,7 +173,10 @@ class ForwardPredictorNode(DefiNode):
 
     def _compute_features(self, item) -> None:
         stamp, frames, instruction = item
-        age_s = (self.now_ns() - stamp) * 1e-9
+        now = self.now_ns()
+        age_s = (now - stamp) * 1e-9
+        if not self.check_stamp(self.params.camera_topics[0], stamp, now):
+            return      # the clock went back while this frame waited
         if age_s > self.params.max_age_s:
             self.report_error('stale_observations', f'{self.params.camera_topics[0]}: observation is '
                               f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); skipped')

@@ -22,11 +22,14 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from visualization_msgs.msg import Marker
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import ClockChange, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 from defi_core.runtime.status import StatusCounters
+from defi_core.runtime.timing import clock_mismatch, future_s
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
@@ -71,6 +74,9 @@ class CommonParams:
     status_topic: str = 'defi/status'
     status_rate_hz: float = 2.0
     status_marker_frame: str = 'base_link'   # RViz text marker on defi/status_marker; '' = off
+    # input stamps further than this ahead of the node's clock are refused (counted as
+    # future_stamps); a clock jump back by more than this resets the node's buffers
+    max_future_s: float = 0.5
     autostart: bool = True           # configure + activate on start when run as an executable
 
 
@@ -117,6 +123,12 @@ class DefiNode(LifecycleNode):
         period = 1.0 / max(self.params.status_rate_hz, 0.01)
         self._status_timer = self.create_timer(period, self.publish_status,
                                                callback_group=MutuallyExclusiveCallbackGroup())
+        self._clock_warned: set = set()
+        # rcl calls this when /clock (sim time) jumps back or sim time is switched on/off
+        back = Duration(nanoseconds=-max(int(abs(self.params.max_future_s) * 1e9), 1_000_000))
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=back, on_clock_change=True),
+            post_callback=self._on_clock_jump)
 
     # ---- hooks --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -129,6 +141,10 @@ class DefiNode(LifecycleNode):
         """Stop workers; called on shutdown and destroy. By default: closes self.worker."""
         if self.worker is not None:
             self.worker.close()
+
+    def on_time_jump(self) -> None:
+        """The clock went back (or switched between sim and wall time): drop what was buffered
+        under the old time line. Called on the thread that noticed the jump."""
 
     def fill_status(self, msg: PolicyStatus) -> None:
         """Add node-specific fields to the status message. By default: self.worker's dropped
@@ -203,11 +219,52 @@ class DefiNode(LifecycleNode):
         try:
             self._teardown_once()
         finally:
+            handle, self._jump_handle = getattr(self, '_jump_handle', None), None
+            if handle is not None:
+                handle.unregister()
             super().destroy_node()
 
     # ---- helpers ------------------------------------------------------------------------------
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def use_sim_time(self) -> bool:
+        return bool(self.get_parameter('use_sim_time').value)
+
+    def check_stamp(self, topic: str, stamp_ns: int, now_ns: int = None) -> bool:
+        """False (counted and logged with the topic) when `stamp_ns` is more than max_future_s
+        ahead of the node's clock. A stamp from the other kind of clock (wall vs sim time) is
+        explained once per topic."""
+        now_ns = self.now_ns() if now_ns is None else now_ns
+        if topic not in self._clock_warned:
+            hint = clock_mismatch(topic, now_ns, stamp_ns, self.use_sim_time())
+            if hint is not None:
+                self._clock_warned.add(topic)
+                self.get_logger().error(hint)
+        ahead = future_s(now_ns, stamp_ns)
+        if ahead > self.params.max_future_s:
+            self.report_error('future_stamps', f'{topic}: stamp is {ahead:.3f} s in the future of '
+                              f'this node\'s clock (max_future_s={self.params.max_future_s}); refused')
+            return False
+        return True
+
+    def _on_clock_jump(self, jump) -> None:
+        if jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED, ClockChange.ROS_TIME_DEACTIVATED):
+            why = f'the clock switched ({jump.clock_change.name})'
+        elif jump.delta.nanoseconds < 0:
+            why = f'the clock jumped back {-jump.delta.nanoseconds * 1e-9:.3f} s'
+        else:
+            return
+        self.handle_time_jump(why)
+
+    def handle_time_jump(self, why: str) -> None:
+        """Count and log a clock jump, then let the node drop its buffers (on_time_jump)."""
+        self.counters.error('clock_jumps', f'{why}; buffers reset')
+        self.get_logger().warning(f'{why}: buffered messages and schedules reset')
+        try:
+            self.on_time_jump()
+        except Exception as exc:  # noqa: BLE001 - a jump callback must never raise into rcl
+            self.get_logger().error(f'clock jump handling failed: {type(exc).__name__}: {exc}')
 
     def report_error(self, kind: str, message: str, throttle_s: float = 2.0) -> None:
         """Count an error (PolicyStatus counter `kind`) and log it, throttled per message kind."""
@@ -229,7 +286,8 @@ class DefiNode(LifecycleNode):
         msg.node_name = self.get_name()
         msg.state = self._state
         for name, value in self.counters.snapshot().items():
-            setattr(msg, name, value)
+            if hasattr(msg, name):
+                setattr(msg, name, value)
         self.fill_status(msg)
         return msg
 
@@ -247,6 +305,8 @@ class DefiNode(LifecycleNode):
             'state', 'features_ms', 'latent_ms', 'decode_ms', 'chunk_ms', 'queue_depth',
             'dropped_frames', 'stale_steps_dropped', 'stops_commanded', 'malformed_inputs',
             'non_finite_outputs', 'stale_observations', 'errors_total')]
+        snap = self.counters.snapshot()
+        diag.values += [KeyValue(key=k, value=str(snap[k])) for k in ('future_stamps', 'clock_jumps')]
         arr = DiagnosticArray()
         arr.header.stamp = msg.header.stamp
         arr.status = [diag]

@@ -103,7 +103,16 @@ class ActionDecoderNode(DefiNode):
             self.policy.decode_actions(feats, tokens, lang, state)
 
     # ---- callbacks ----------------------------------------------------------------------------
+    def on_time_jump(self) -> None:
+        with self._lock:
+            self._features.clear()
+            self._latents.clear()
+            self._joint_state = None
+
     def on_joint_state(self, msg: JointState) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        if stamp and not self.check_stamp(self.params.joint_states_topic, stamp):
+            return
         self._joint_state = msg
 
     def on_features(self, msg: ForwardFeatures) -> None:
@@ -185,9 +194,12 @@ class ActionDecoderNode(DefiNode):
         import torch
         if not self.active:
             return
-        age_s = (self.now_ns() - stamp) * 1e-9
+        now = self.now_ns()
+        age_s = (now - stamp) * 1e-9
+        source = 'in-process features' if self.in_process else self.params.latent_topic
+        if not self.check_stamp(source, stamp, now):
+            return
         if age_s > self.params.max_age_s:
-            source = 'in-process features' if self.in_process else self.params.latent_topic
             self.report_error('stale_observations', f'{source}: observation is {age_s:.3f} s old '
                               f'(max_age_s={self.params.max_age_s}); no chunk')
             return

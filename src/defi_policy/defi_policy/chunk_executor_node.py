@@ -8,7 +8,10 @@ output_mode:
   simulator); stop = a zero action.
 Timing and stop logic live in defi_core.runtime (ChunkSchedule, SafetyLatch). The observation age
 is the age of the newest chunk's stamp (= its camera stamp): if the camera stops, no newer chunk
-comes and the executor stops within max_age_s + one control period. dry_run computes everything
+comes and the executor stops within max_age_s + one control period. A chunk stamped more than
+max_future_s ahead of the node's clock is refused (it would not be due for that long and would
+make every later chunk look older); a clock that jumps back resets the schedule and commands a
+stop until a fresh chunk arrives. dry_run computes everything
 and publishes nothing to the robot. No inference here: the timer never waits for the model.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from defi_core.runtime.chunk_schedule import ChunkSchedule, parse_limits
 from defi_core.runtime.outputs import (joint_positions, resolve_twist_axes, twist_components,
                                        zero_action)
 from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
+from defi_core.runtime.timing import BackJumpDetector
 from defi_msgs.msg import ActionChunk, PolicyStatus
 from defi_perception import qos
 from defi_perception.conversions import chunk_from_msg, chunk_to_msg
@@ -66,7 +70,8 @@ class ChunkExecutorNode(DefiNode):
         super().__init__(node_name, **kwargs)
         self._lock = threading.RLock()
         self.schedule = ChunkSchedule()
-        self.latch = SafetyLatch(max(self.params.max_age_s, 1e-3))
+        self.latch = SafetyLatch(max(self.params.max_age_s, 1e-3), abs(self.params.max_future_s))
+        self._jumps = BackJumpDetector(max(abs(self.params.max_future_s), 1e-3))
         self.enabled = bool(self.params.start_enabled)
         self.commands_published = 0
         self.chunks_received = 0
@@ -84,6 +89,8 @@ class ChunkExecutorNode(DefiNode):
             raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
         if not p.max_age_s > 0:
             raise ValueError(f"parameter 'max_age_s': must be > 0, got {p.max_age_s}")
+        if not p.max_future_s >= 0:
+            raise ValueError(f"parameter 'max_future_s': must be >= 0, got {p.max_future_s}")
         if p.output_mode == 'twist':
             self.cmd_pub = self.create_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
         elif p.output_mode == 'joint_trajectory':
@@ -99,6 +106,8 @@ class ChunkExecutorNode(DefiNode):
     def warm_up(self) -> None:
         # parameters are re-read at every configure: refresh what was derived from them
         self.latch.max_age_s = self.params.max_age_s
+        self.latch.max_future_s = self.params.max_future_s
+        self._jumps = BackJumpDetector(max(self.params.max_future_s, 1e-3))
         self.period_ns = int(1e9 / self.params.control_rate_hz)
         self._limits_dim = None
 
@@ -120,6 +129,17 @@ class ChunkExecutorNode(DefiNode):
                     self.latch.reason is not None:
                 msg.state = PolicyStatus.STATE_STOPPED
 
+    def on_time_jump(self) -> None:
+        # every stamp held refers to the old time line: forget it and stop until a fresh chunk
+        if not self._configured:
+            return
+        with self._lock:
+            self.schedule.reset()
+            self.latch.reset()
+            self._jumps.reset()
+            if self.active:
+                self.stop(StopReason.CLOCK_JUMP, force=True)
+
     # ---- inputs -------------------------------------------------------------------------------
     def on_enable(self, msg: Bool) -> None:
         with self._lock:
@@ -138,6 +158,11 @@ class ChunkExecutorNode(DefiNode):
             self.report_error('malformed_inputs', f'{topic}: {exc}')
             return
         now = self.now_ns()
+        if not self.check_stamp(topic, chunk.stamp_ns, now):
+            with self._lock:
+                if self.enabled and self.schedule.chunk is None:
+                    self.stop(StopReason.FUTURE_STAMP)    # nothing valid to run
+            return
         with self._lock:
             if not self.enabled:
                 return
@@ -151,7 +176,14 @@ class ChunkExecutorNode(DefiNode):
                                   f'{(now - chunk.stamp_ns) * 1e-9:.3f} s old '
                                   f'(max_age_s={self.params.max_age_s}); ignored')
                 return
-            if self.schedule.offer(chunk):
+            accepted = self.schedule.offer(chunk)
+            if not accepted and self.schedule.last_stamp_ns - now > self.params.max_future_s * 1e9:
+                # the last accepted stamp lies in the future: the clock went back unnoticed
+                self.handle_time_jump(f'{topic}: the last accepted chunk is stamped '
+                                      f'{(self.schedule.last_stamp_ns - now) * 1e-9:.3f} s ahead '
+                                      'of the clock (it went back)')
+                accepted = self.schedule.offer(chunk)
+            if accepted:
                 self.chunks_received += 1
                 self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
                 self._last_dim, self._last_names = chunk.action_dim, chunk.names
@@ -171,15 +203,27 @@ class ChunkExecutorNode(DefiNode):
         if not self.active:
             return
         now = self.now_ns()
+        back = self._jumps.update(now)
+        if back is not None:     # a wall clock set back: rcl's jump callbacks see only /clock
+            self.handle_time_jump(f'the clock jumped back {-back * 1e-9:.3f} s')
         with self._lock:
             chunk = self.schedule.chunk
             if not self.enabled or chunk is None:
                 return
-            if self.latch.is_stale(now, chunk.stamp_ns):
+            reason = self.latch.check(now, chunk.stamp_ns)
+            if reason == StopReason.STALE_OBSERVATION:
                 self.report_error('stale_observations', f'{self.params.chunk_topic}: newest observation '
                                   f'is {(now - chunk.stamp_ns) * 1e-9:.3f} s old '
                                   f'(max_age_s={self.params.max_age_s}); stop')
                 self.stop(StopReason.STALE_OBSERVATION)
+                return
+            if reason == StopReason.FUTURE_STAMP:
+                # arrivals are checked, so the clock went back: nothing valid to run
+                self.report_error('future_stamps', f'{self.params.chunk_topic}: running chunk is '
+                                  f'stamped {(chunk.stamp_ns - now) * 1e-9:.3f} s ahead of the clock '
+                                  f'(max_future_s={self.params.max_future_s}); stop')
+                self.schedule.reset()
+                self.stop(StopReason.FUTURE_STAMP)
                 return
             step = self.schedule.step(now, lead_ns=self.period_ns // 2)
             if step is None:

@@ -8,6 +8,7 @@ from .outputs import TwistAxes, joint_positions, resolve_twist_axes, twist_compo
 from .safety import SafetyLatch, StopReason, all_finite, observation_age_s
 from .camera_sync import CameraSync
 from .status import StatusCounters
+from .timing import BackJumpDetector, clock_mismatch, future_s, is_wall_clock
 from .worker import LatestWorker
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     'twist_components', 'zero_action',
     'SafetyLatch', 'StopReason', 'all_finite', 'observation_age_s',
     'StatusCounters', 'LatestWorker', 'CameraSync',
+    'BackJumpDetector', 'clock_mismatch', 'future_s', 'is_wall_clock',
 ]

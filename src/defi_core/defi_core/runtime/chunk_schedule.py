@@ -4,6 +4,8 @@ The executor ticks at its control rate and asks for the step due now. Steps whos
 while a later step is also due are dropped (counted as stale): a late chunk starts in the middle, it
 never replays the past. The current chunk keeps running until a chunk computed from a NEWER
 observation replaces it, so the robot keeps moving while the next chunk is being computed.
+"Newer" is relative to the last accepted stamp; reset() forgets it (when the clock jumped back, a
+remembered stamp would otherwise refuse every later chunk).
 """
 from __future__ import annotations
 
@@ -112,6 +114,16 @@ class ChunkSchedule:
         """Drop the current chunk (after a stop); a later chunk must still be newer to run."""
         self.chunk = None
         self.next_index = 0
+
+    def reset(self) -> None:
+        """Drop the current chunk and forget the last accepted stamp (the clock jumped back)."""
+        self.clear()
+        self._last_stamp_ns = -1
+
+    @property
+    def last_stamp_ns(self) -> int:
+        """Stamp of the last accepted chunk (-1: none since the last reset)."""
+        return self._last_stamp_ns
 
     def queue_depth(self) -> int:
         if self.chunk is None:

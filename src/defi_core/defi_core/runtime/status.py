@@ -1,4 +1,5 @@
-"""Thread-safe counters of one node, mirrored 1:1 into defi_msgs/PolicyStatus."""
+"""Thread-safe counters of one node, mirrored into defi_msgs/PolicyStatus (the fields it has; the
+others, e.g. future_stamps, go to /diagnostics only)."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field, fields
 __all__ = ['StatusCounters']
 
 # PolicyStatus error counters an error kind may increment
-ERROR_KINDS = ('malformed_inputs', 'non_finite_outputs', 'stale_observations')
+ERROR_KINDS = ('malformed_inputs', 'non_finite_outputs', 'stale_observations', 'future_stamps',
+               'clock_jumps')
 
 
 @dataclass
@@ -23,6 +25,8 @@ class StatusCounters:
     malformed_inputs: int = 0
     non_finite_outputs: int = 0
     stale_observations: int = 0
+    future_stamps: int = 0           # stamps more than max_future_s ahead of the node's clock
+    clock_jumps: int = 0             # the node's clock went back
     errors_total: int = 0
     last_error: str = ''
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
