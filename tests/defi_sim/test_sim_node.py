@@ -194,3 +194,37 @@ def test_bad_commands_are_rejected_and_chunks_play_in_time(ros_context, spin):
         assert sim.command[2] == -1.0 and probe.poses[-1].pose.position.z < z_up - 0.02
     finally:
         sim.destroy_node()
+
+
+def test_command_watchdog_stops_the_arm_when_the_commander_goes_quiet(ros_context, spin):
+    """A commander that dies (no more commands) must not leave the arm running its last command."""
+    sim, probe, executor = make(ros_context, task='reach-v3', mode='realtime', image_width=16,
+                                image_height=16, steps_per_observation=4, command_timeout_s=0.3)
+    try:
+        assert spin(executor, lambda: probe.chunk_pub.get_subscription_count() >= 1 and probe.poses, 10.0)
+        y0 = probe.poses[-1].pose.position.y
+        t_last = None
+        for _ in range(5):                       # a commander sending +y at 10 Hz ...
+            probe.send_chunk([0.0, 0.5, 0.0, 0.7], time.time_ns())
+            t_last = time.monotonic()
+            spin(executor, lambda: False, 0.1)
+        assert probe.poses[-1].pose.position.y - y0 > 0.01       # it moved
+        # ... then dies: within command_timeout_s (+ one 12.5 ms step) the arm holds still
+        assert spin(executor, lambda: not np.any(sim.command[:3]), 2.0), 'no watchdog stop'
+        print(f'last command -> watchdog stop: {(time.monotonic() - t_last) * 1e3:.0f} ms '
+              f'(command_timeout_s=0.3)')
+        assert time.monotonic() - t_last >= 0.3
+        assert sim.command[3] == pytest.approx(0.7)              # the gripper command is held
+        # the hand holds where it was stopped (zero actions alone would let it catch up with its
+        # mocap target, several cm further along the old command)
+        y_stop, steps, n = sim.sim.ee_position()[1], sim.total_steps, len(probe.poses)
+        assert spin(executor, lambda: sim.total_steps >= steps + 120, 5.0)
+        ys = [p.pose.position.y for p in probe.poses[n:]]
+        assert max(ys) - y_stop < 0.005, 'the arm kept moving along the last command'
+        assert abs(sim.sim.ee_position()[1] - y_stop) < 0.01
+        assert sim.command_timeouts == 1
+        # a new command resumes
+        probe.send_chunk([0.0, -0.5, 0.0, 0.0], time.time_ns())
+        assert spin(executor, lambda: sim.command[1] == -0.5, 2.0)
+    finally:
+        sim.destroy_node()

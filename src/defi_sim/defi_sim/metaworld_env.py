@@ -120,6 +120,8 @@ class MetaWorldSim:
             self.seed = int(seed)
         self.env.seed(self.seed)
         obs, _ = self.env.reset()
+        # the hand hangs this far from its mocap target at rest (hold_position keeps it)
+        self._mocap_offset = np.array(self.data.mocap_pos[0], dtype=np.float64) - self.ee_position()
         self.steps = 0
         self.success = False
         self.observation = np.asarray(obs, dtype=np.float64)
@@ -138,6 +140,11 @@ class MetaWorldSim:
         self.observation = np.asarray(obs, dtype=np.float64)
         return StepResult(self.observation, float(reward), self.success,
                           self.max_episode_steps > 0 and self.steps >= self.max_episode_steps)
+
+    def hold_position(self) -> None:
+        """Move the mocap target to the hand, so that zero actions hold the arm where it is (the
+        hand trails its target by a few cm while moving and would otherwise keep closing the gap)."""
+        self.data.mocap_pos[0] = self.ee_position() + self._mocap_offset
 
     def expert_action(self, observation: np.ndarray | None = None) -> np.ndarray:
         """The scripted Meta-World expert's action for an observation (default: the current one)."""

@@ -19,6 +19,11 @@ Service:
   sim/reset  std_srvs/Trigger: next episode with the next seed, or with the `task` / `seed`
              parameters when they were set since the last reset.
 
+Command watchdog: when no command has arrived for `command_timeout_s` (wall time; 0 = off), the
+sim stops the arm (dx = dy = dz = 0, the gripper command kept so nothing held is dropped) and says
+so once; the next command resumes. A robot must do the same on its side: a commander that dies
+must not leave the arm executing its last command.
+
 Modes: `realtime` steps the physics on a wall-clock timer at the env's control rate with the latest
 command held (zero-order hold); stamps are wall-clock time. `lockstep` runs on sim time as fast as the
 loop allows: publish an observation, wait for a command stamped at or after it (or
@@ -65,6 +70,7 @@ class SimNodeConfig:
     steps_per_observation: int = 2           # control steps (12.5 ms each) between observations
     max_episode_steps: int = 500             # control steps; then the episode holds still
     lockstep_timeout_s: float = 1.0          # wall seconds to wait for a command in lockstep
+    command_timeout_s: float = 0.5           # no command for this long (wall): stop; 0 = off
     twist_linear_scale: float = 0.0          # action per (m/s); 0: dt / action_scale (physical)
     frame_id: str = 'world'
 
@@ -77,6 +83,8 @@ class SimNodeConfig:
                 raise ValueError(f'parameter {name}={getattr(self, name)} must be >= 1')
         if self.lockstep_timeout_s <= 0:
             raise ValueError(f'parameter lockstep_timeout_s={self.lockstep_timeout_s} must be > 0')
+        if not self.command_timeout_s >= 0:
+            raise ValueError(f'parameter command_timeout_s={self.command_timeout_s} must be >= 0 (0 = off)')
         if not self.cameras:
             raise ValueError('parameter cameras is empty: name at least one camera')
         return self
@@ -134,6 +142,9 @@ class SimNode(Node):
         self.observations_published = 0
         self.published_counts: dict[str, int] = {}
         self.lockstep_timeouts = 0
+        self.command_timeouts = 0     # watchdog stops: no command within command_timeout_s
+        self._last_command_wall = None
+        self._command_timed_out = False
         self.paused = False           # an orchestrator (recording) can freeze the episode
         self.obs_stamp_ns = 0
         self._awaiting_command = False
@@ -240,6 +251,11 @@ class SimNode(Node):
             return
         self._chunk_rows, self._chunk_dt_ns = np.clip(rows, -1.0, 1.0), dt_ns
         self.command_stamp_ns = stamp_ns
+        # a timed chunk is a plan: the watchdog counts from its last row (receipt + (H-1) dt)
+        self._last_command_wall = time.monotonic() + (len(rows) - 1) * dt_ns * 1e-9
+        if self._command_timed_out:
+            self._command_timed_out = False
+            self.get_logger().info(f'{topic}: commands again; moving')
         self._update_command(self._now_ns())
         if self.config.mode == 'lockstep' and self._awaiting_command and stamp_ns >= self.obs_stamp_ns:
             self._advance()
@@ -250,6 +266,25 @@ class SimNode(Node):
         if self._chunk_dt_ns > 0 and now_ns > self.command_stamp_ns:
             row = min(len(self._chunk_rows) - 1, (now_ns - self.command_stamp_ns) // self._chunk_dt_ns)
         self.command = self._chunk_rows[int(row)]
+
+    def _check_command_timeout(self) -> None:
+        """Stop the arm when the commander has gone quiet for command_timeout_s (wall time)."""
+        timeout = self.config.command_timeout_s
+        if (timeout <= 0 or self._command_timed_out or self._last_command_wall is None
+                or time.monotonic() - self._last_command_wall <= timeout):
+            return
+        self._command_timed_out = True
+        self.command_timeouts += 1
+        # motion zeroed, the gripper command kept: a stopped arm must not drop what it holds
+        gripper = float(self.command[3])
+        self._chunk_rows, self._chunk_dt_ns = np.array([[0.0, 0.0, 0.0, gripper]]), 0
+        self.command = self._chunk_rows[0]
+        self.sim.hold_position()
+        logger = self.get_logger()    # own call site: rclpy ties throttle settings to the caller
+        (getattr(logger, 'warning', None) or logger.warn)(
+            f'no command on defi/action_command or servo_node/delta_twist_cmds for '
+            f'{time.monotonic() - self._last_command_wall:.3f} s (command_timeout_s={timeout}): '
+            'arm stopped, gripper held; the next command resumes')
 
     # ------------------------------------------------------------------ stepping
     def episode_over(self) -> bool:
@@ -272,6 +307,7 @@ class SimNode(Node):
         if (self._awaiting_command and not self.episode_over()
                 and time.monotonic() - self._awaiting_since > self.config.lockstep_timeout_s):
             self.lockstep_timeouts += 1
+            self._check_command_timeout()
             self._warn(
                 f'lockstep: no command stamped >= {self.obs_stamp_ns} ns within '
                 f'{self.config.lockstep_timeout_s} s; stepping with the held command',
@@ -294,6 +330,7 @@ class SimNode(Node):
                     f'{1 / self.sim.dt:.0f} control steps/s): fewer or smaller cameras, or a larger '
                     f'steps_per_observation, would keep up', throttle_duration_sec=10.0)
             self._rt_origin = (now, self.total_steps)
+        self._check_command_timeout()
         self._update_command(self._now_ns())
         self.sim.step(self.command)
         self.total_steps += 1
