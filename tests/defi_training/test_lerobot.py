@@ -131,3 +131,58 @@ def test_read_hand_made_dataset_with_image_features_and_several_files(tmp_path):
     assert list(eps[0].frames) == ['observation.image']
     assert eps[1].frames['observation.image'][:, 0, 0, 0].tolist() == [10, 11, 12]
     assert np.array_equal(eps[1].state, states[1]) and eps[0].state_names == ['x', 'y', 'z']
+
+
+# What LeRobot 0.4's training and dataset tools read from an export (lerobot-train failed on the
+# export without image stats; its quantile normalisation needs q01/q99; lerobot-edit-dataset
+# rebuilds meta/stats.json from the episodes' stats/* columns).
+
+def _per_channel(frames):
+    return frames.reshape(-1, 3).astype(np.float64) / 255.0
+
+
+def test_stats_json_has_image_features_per_channel_in_unit_range(tmp_path):
+    src = _episodes(2)
+    root = write_lerobot(src, tmp_path / 'ds', fps=10)
+    stats = json.loads((root / 'meta' / 'stats.json').read_text())
+    for cam in ('front', 'wrist'):
+        s = stats[f'observation.images.{cam}']
+        assert set(s) >= {'mean', 'std', 'min', 'max', 'count', 'q01', 'q99'}
+        assert np.asarray(s['mean']).shape == (3, 1, 1) and np.asarray(s['q99']).shape == (3, 1, 1)
+        pixels = np.concatenate([_per_channel(e.frames[cam]) for e in src])
+        np.testing.assert_allclose(np.asarray(s['mean']).reshape(3), pixels.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(s['std']).reshape(3), pixels.std(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(s['max']).reshape(3), pixels.max(0))
+        assert s['count'] == [sum(e.length for e in src)]
+
+
+def test_stats_json_has_quantiles(tmp_path):
+    src = _episodes(3)
+    root = write_lerobot(src, tmp_path / 'ds', fps=10)
+    stats = json.loads((root / 'meta' / 'stats.json').read_text())
+    all_action = np.concatenate([e.action for e in src]).astype(np.float64)
+    for key, q in (('q01', 0.01), ('q10', 0.10), ('q50', 0.50), ('q90', 0.90), ('q99', 0.99)):
+        np.testing.assert_allclose(stats['action'][key], np.quantile(all_action, q, axis=0), rtol=1e-6)
+        assert len(stats['observation.state'][key]) == 5 and len(stats['frame_index'][key]) == 1
+
+
+def test_episodes_parquet_has_per_episode_stats_columns(tmp_path):
+    src = _episodes(2)
+    root = write_lerobot(src, tmp_path / 'ds', fps=10)
+    rows = pq.read_table(root / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet').to_pylist()
+    for ep, row in zip(src, rows):
+        np.testing.assert_allclose(row['stats/action/mean'], ep.action.astype(np.float64).mean(0), rtol=1e-6)
+        np.testing.assert_allclose(row['stats/observation.state/q99'],
+                                   np.quantile(ep.state.astype(np.float64), 0.99, axis=0), rtol=1e-6)
+        assert row['stats/action/count'] == [ep.length] and row['stats/frame_index/max'] == [ep.length - 1]
+        wrist = np.asarray(row['stats/observation.images.wrist/mean'])
+        assert wrist.shape == (3, 1, 1)
+        np.testing.assert_allclose(wrist.reshape(3), _per_channel(ep.frames['wrist']).mean(0), rtol=1e-6)
+
+
+def test_info_fps_is_an_int_when_integral(tmp_path):
+    info = json.loads((write_lerobot(_episodes(1), tmp_path / 'a', fps=10.0) / 'meta' / 'info.json').read_text())
+    assert info['fps'] == 10 and isinstance(info['fps'], int)
+    assert isinstance(info['features']['observation.images.front']['info']['video.fps'], int)
+    info = json.loads((write_lerobot(_episodes(1), tmp_path / 'b', fps=12.5) / 'meta' / 'info.json').read_text())
+    assert info['fps'] == 12.5

@@ -7,6 +7,10 @@ Layout (codebase_version v3.0):
     videos/<key>/chunk-000/file-000.mp4         all episodes of one camera back to back (h264)
 Only pyarrow and PyAV are used (no lerobot, no pandas). Float arrays round-trip exactly; images go
 through h264 and come back close, not bit-exact.
+Stats as LeRobot's own recorder writes them, since its training normalises with them: min, max,
+mean, std, count and the quantiles q01..q99 of every numeric and camera feature (cameras per
+channel in [0, 1], shaped [3, 1, 1]), per episode in the episodes parquet (stats/<feature>/<stat>,
+what lerobot-edit-dataset rebuilds meta/stats.json from) and over the dataset in meta/stats.json.
 """
 from __future__ import annotations
 
@@ -216,10 +220,57 @@ def episodes_from_cache(cache) -> Iterator[Episode]:
             action_names=list(cache.meta.get('action_names', [])))
 
 
+# LeRobot's quantiles (its QUANTILES normalisation reads q01 and q99)
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+# frames of an episode that its camera stats look at, evenly spaced (LeRobot samples too)
+IMAGE_STATS_FRAMES = 100
+
+
+def _quantile_key(q: float) -> str:
+    return f'q{round(q * 100):02d}'
+
+
 def _stats(x: np.ndarray) -> dict:
+    """Stats over rows of x [N, D]: arrays of D values (count: [N])."""
     x = np.asarray(x, np.float64)
-    return {'min': x.min(0).tolist(), 'max': x.max(0).tolist(), 'mean': x.mean(0).tolist(),
-            'std': x.std(0).tolist(), 'count': [int(x.shape[0])]}
+    out = {'min': x.min(0), 'max': x.max(0), 'mean': x.mean(0), 'std': x.std(0), 'count': np.array([x.shape[0]])}
+    out.update(zip(map(_quantile_key, QUANTILES), np.quantile(x, QUANTILES, axis=0)))
+    return out
+
+
+def _image_stats(frames: np.ndarray) -> dict:
+    """Per-channel stats of uint8 frames [N, H, W, 3] in [0, 1]; count = frames looked at."""
+    n = len(frames)
+    pick = np.unique(np.linspace(0, n - 1, min(n, IMAGE_STATS_FRAMES)).round().astype(int))
+    out = _stats(frames[pick].reshape(-1, frames.shape[-1]) / 255.0)
+    out['count'] = np.array([len(pick)])
+    return out
+
+
+def _aggregate(parts: list) -> dict:
+    """Dataset stats from episode stats: min/max/mean/std exact over the frames looked at (all the
+    same size),
+    quantiles the count-weighted mean of the episodes' (LeRobot's aggregate_stats does the same)."""
+    n = np.array([p['count'][0] for p in parts], np.float64)[:, None]
+    means = np.stack([p['mean'] for p in parts])
+    mean = (n * means).sum(0) / n.sum()
+    var = (n * (np.stack([p['std'] for p in parts]) ** 2 + (means - mean) ** 2)).sum(0) / n.sum()
+    out = {'min': np.min([p['min'] for p in parts], 0), 'max': np.max([p['max'] for p in parts], 0),
+           'mean': mean, 'std': np.sqrt(var), 'count': np.array([int(n.sum())])}
+    for key in map(_quantile_key, QUANTILES):
+        out[key] = (n * np.stack([p[key] for p in parts])).sum(0) / n.sum()
+    return out
+
+
+def _as_json(stats: dict, image: bool = False) -> dict:
+    """Arrays -> lists; camera stats shaped [3, 1, 1] as LeRobot stores them (count stays [N])."""
+    return {k: (np.reshape(v, (-1, 1, 1)) if image and k != 'count' else np.asarray(v)).tolist()
+            for k, v in stats.items()}
+
+
+def _json_fps(fps: float):
+    """LeRobot writes fps as an int; a non-integral rate stays a float."""
+    return int(fps) if float(fps).is_integer() else float(fps)
 
 
 def _pandas_index_meta(index_col: str, cols: list[tuple[str, str]]) -> bytes:
@@ -248,6 +299,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
     writers: dict[str, tuple] = {}
     rows: dict[str, list] = {k: [] for k in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index')}
     states, actions = [], []
+    image_stats: dict[str, list] = {}      # camera -> stats of each episode
     ep_rows = []
     tasks: dict[str, int] = {}
     ref = None
@@ -309,6 +361,17 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
                 states.append(np.asarray(ep.state, np.float32))
             if ep.action is not None:
                 actions.append(np.asarray(ep.action, np.float32))
+            ep_stats = {}
+            if ep.state is not None:
+                ep_stats['observation.state'] = _as_json(_stats(states[-1]))
+            if ep.action is not None:
+                ep_stats['action'] = _as_json(_stats(actions[-1]))
+            for k in rows:
+                ep_stats[k] = _as_json(_stats(rows[k][-1].reshape(-1, 1)))
+            for c in cams:
+                image_stats.setdefault(c, []).append(_image_stats(ep.frames[c]))
+                ep_stats[IMAGE_PREFIX + c] = _as_json(image_stats[c][-1], image=True)
+            row.update({f'stats/{k}/{name}': v for k, st in ep_stats.items() for name, v in st.items()})
             ep_rows.append(row)
             total += n
             report.episodes += 1
@@ -333,23 +396,25 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
             cols['observation.state'] = fsl(st)
             features['observation.state'] = {'dtype': 'float32', 'shape': [st.shape[1]],
                                              'names': ref_names[0] or None}
-            stats['observation.state'] = _stats(st)
+            stats['observation.state'] = _as_json(_stats(st))
         if actions:
             ac = np.concatenate(actions)
             cols['action'] = fsl(ac)
             features['action'] = {'dtype': 'float32', 'shape': [ac.shape[1]], 'names': ref_names[1] or None}
-            stats['action'] = _stats(ac)
+            stats['action'] = _as_json(_stats(ac))
         for k in rows:
             arr = np.concatenate(rows[k])
             cols[k] = pa.array(arr)
             features[k] = {'dtype': 'float32' if k == 'timestamp' else 'int64', 'shape': [1], 'names': None}
-            stats[k] = _stats(arr.reshape(-1, 1))
+            stats[k] = _as_json(_stats(arr.reshape(-1, 1)))
         for c in cams:
             h, w = ref[1][c][:2]
             features[IMAGE_PREFIX + c] = {
                 'dtype': 'video', 'shape': [h, w, 3], 'names': ['height', 'width', 'channels'],
                 'info': {'video.height': h, 'video.width': w, 'video.codec': 'h264', 'video.pix_fmt': 'yuv420p',
-                         'video.is_depth_map': False, 'video.fps': fps, 'video.channels': 3, 'has_audio': False}}
+                         'video.is_depth_map': False, 'video.fps': _json_fps(fps), 'video.channels': 3,
+                         'has_audio': False}}
+            stats[IMAGE_PREFIX + c] = _as_json(_aggregate(image_stats[c]), image=True)
         dp = tmp / DATA_PATH.format(chunk_index=0, file_index=0)
         dp.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(cols), dp)
@@ -365,7 +430,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
         info = {
             'codebase_version': CODEBASE_VERSION, 'robot_type': robot_type, 'total_episodes': len(ep_rows),
             'total_frames': total, 'total_tasks': len(tasks), 'chunks_size': 1000,
-            'data_files_size_in_mb': 100, 'video_files_size_in_mb': 500, 'fps': fps,
+            'data_files_size_in_mb': 100, 'video_files_size_in_mb': 500, 'fps': _json_fps(fps),
             'splits': {'train': f'0:{len(ep_rows)}'}, 'data_path': DATA_PATH, 'video_path': VIDEO_PATH,
             'features': features,
         }
