@@ -19,7 +19,7 @@ from defi_core.runtime.chunk_schedule import Chunk
 __all__ = ['stamp_to_ns', 'ns_to_stamp', 'image_msg_to_rgb', 'rgb_to_image_msg', 'float32_array',
            'features_to_msg', 'features_from_msg', 'check_features', 'policy_features_from_msg',
            'latent_to_msg', 'latent_from_msg',
-           'chunk_to_msg', 'chunk_from_msg', 'is_compressed_topic']
+           'chunk_to_msg', 'chunk_from_msg', 'is_compressed_topic', 'string_from_cdr']
 
 
 def stamp_to_ns(stamp) -> int:
@@ -29,6 +29,30 @@ def stamp_to_ns(stamp) -> int:
 def ns_to_stamp(ns: int) -> Time:
     ns = int(ns)
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def string_from_cdr(raw: bytes, max_bytes: int = 0) -> str:
+    """The `data` of a serialized std_msgs/String, decoded strictly: rclpy's own conversion stops
+    at an embedded NUL and replaces invalid UTF-8 without a word, so raw subscriptions use this.
+    max_bytes > 0 refuses longer strings before decoding them."""
+    raw = bytes(raw)
+    if len(raw) < 8:
+        raise ValueError(f'data: {len(raw)} bytes, not a serialized string')
+    order = 'little' if raw[1] & 1 else 'big'       # CDR encapsulation id: odd = little endian
+    offset = 8 if raw[1] in (8, 9) else 4           # delimited XCDR2 carries a DHEADER first
+    n = int.from_bytes(raw[offset:offset + 4], order)
+    body = raw[offset + 4:offset + 4 + n]
+    if n < 1 or len(body) != n or body[-1] != 0:
+        raise ValueError(f'data: truncated or malformed string ({len(raw)} bytes, length field {n})')
+    if max_bytes > 0 and n - 1 > max_bytes:
+        raise ValueError(f'data: {n - 1} bytes, more than the {max_bytes} allowed')
+    text = body[:-1]
+    if 0 in text:
+        raise ValueError(f'data: contains a NUL character at byte {text.index(0)}')
+    try:
+        return text.decode('utf-8')
+    except UnicodeDecodeError as exc:
+        raise ValueError(f'data: not valid UTF-8 at byte {exc.start}') from None
 
 
 def is_compressed_topic(topic: str) -> bool:

@@ -23,12 +23,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from defi_core.runtime.camera_sync import CameraSync
+from defi_core.runtime.inputs import DEFAULT_MAX_INSTRUCTION_CHARS, check_instruction
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, PolicyStatus
 
 from . import qos
 from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
-                          stamp_to_ns)
+                          stamp_to_ns, string_from_cdr)
 from .node_base import CommonParams, DefiNode, model_call, run_node, warm_up_features
 
 
@@ -46,6 +47,7 @@ class ForwardPredictorParams(CommonParams):
     max_age_s: float = 1.0                # observations older than this are not processed
     sync_tolerance_s: float = 0.1         # other cameras: frame at most this much older than camera 0
     frame_id: str = ''
+    max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS   # longer instructions are refused
 
 
 class ForwardPredictorNode(DefiNode):
@@ -80,8 +82,9 @@ class ForwardPredictorNode(DefiNode):
             msg_type = CompressedImage if is_compressed_topic(topic) else Image
             self.create_subscription(msg_type, topic, functools.partial(self.on_image, cam, topic),
                                      qos.SENSOR, callback_group=self.callbacks)
+        # raw: rclpy's String conversion silently cuts at a NUL and replaces invalid UTF-8
         self.create_subscription(String, p.instruction_topic, self.on_instruction, qos.INSTRUCTION,
-                                 callback_group=self.callbacks)
+                                 callback_group=self.callbacks, raw=True)
         self.features_pub = self.create_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
         self.features_worker = LatestWorker(self._compute_features, 'defi-features',
                                             functools.partial(self.report_failure, 'forward features'))
@@ -107,8 +110,17 @@ class ForwardPredictorNode(DefiNode):
             msg.queue_depth = int(self.features_worker.busy)
 
     # ---- callbacks ----------------------------------------------------------------------------
-    def on_instruction(self, msg: String) -> None:
-        text = msg.data.strip()
+    def on_instruction(self, raw: bytes) -> None:
+        topic, limit = self.params.instruction_topic, self.params.max_instruction_chars
+        try:
+            # 4 bytes per character at most: longer data cannot be within the limit
+            text = check_instruction(string_from_cdr(raw, 4 * limit), limit).strip()
+        except ValueError as exc:
+            # the old task must not go on under a new, unreadable instruction
+            self.instruction = ''
+            self.report_error('malformed_inputs', f'{topic}: {exc}; instruction refused (no '
+                              'features until a valid one arrives)')
+            return
         if not text:
             self.report_error('malformed_inputs', f"{self.params.instruction_topic}: empty instruction "
                               '(no features are computed until a non-empty one arrives)')

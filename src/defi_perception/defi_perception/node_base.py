@@ -33,7 +33,7 @@ from defi_core.runtime.timing import clock_mismatch, future_s
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
-from .params import declare_params, read_params
+from .params import declare_params, read_params, warn_unknown_parameters
 
 __all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
            'shutdown_nodes', 'model_call', 'warm_up_features']
@@ -374,6 +374,7 @@ def run_node(node_cls, args=None, num_threads: int = 1) -> None:
     are short; inference runs on worker threads), unless a callback blocks (the goal loop)."""
     init_ros(args)
     node = node_cls()
+    warn_unknown_parameters(node)
     executor = (SingleThreadedExecutor() if num_threads == 1
                 else MultiThreadedExecutor(num_threads=num_threads))
     executor.add_node(node)

@@ -1,15 +1,17 @@
-"""Declare a node's parameters from a dataclass and read them once into a typed instance."""
+"""Declare a node's parameters from a dataclass and read them once into a typed instance; warn
+about given parameters that no node declares (rclpy ignores them without a word)."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
-from typing import Any, Type, TypeVar
+from typing import Any, Iterable, List, Optional, Type, TypeVar
 
 from rcl_interfaces.msg import ParameterDescriptor
 
 P = TypeVar('P')
 
-__all__ = ['declare_params', 'read_params']
+__all__ = ['declare_params', 'read_params', 'params_files', 'warn_unknown_parameters']
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -67,3 +69,65 @@ def read_params(node, cls: Type[P]) -> P:
     hints = typing.get_type_hints(cls)
     return cls(**{f.name: _coerce(f.name, node.get_parameter(f.name).value, hints[f.name])
                   for f in dataclasses.fields(cls)})
+
+
+def params_files(argv: Optional[List[str]] = None) -> List[str]:
+    """The --params-file paths among the ROS arguments (default: sys.argv)."""
+    argv = list(sys.argv if argv is None else argv)
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '--params-file']
+
+
+def _flatten(prefix: str, value, out: set) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f'{prefix}.{k}' if prefix else str(k), v, out)
+    else:
+        out.add(prefix)
+
+
+def _sections(path: str, node_name: str):
+    """(names in sections for `node_name` itself, names in wildcard sections) of one params file."""
+    import yaml
+    own, wild = set(), set()
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return own, wild          # rcl reports an unreadable file itself
+    for key, body in (doc.items() if isinstance(doc, dict) else []):
+        params = body.get('ros__parameters') if isinstance(body, dict) else None
+        if not isinstance(params, dict):
+            continue
+        last = str(key).rstrip('/').split('/')[-1]
+        target = own if last == node_name else wild if last in ('**', '*') else None
+        if target is not None:
+            _flatten('', params, target)
+    return own, wild
+
+
+def warn_unknown_parameters(node, known_elsewhere: Iterable[str] = (), argv: Optional[List[str]] = None,
+                            process: str = '', warned: Optional[set] = None) -> List[str]:
+    """Log one warning per given parameter that `node` does not declare, naming the params file
+    (or the command line); returns the lines. In a process of several nodes (`process` = its
+    name), a name from a wildcard section or -p is fine when another node declares it
+    (`known_elsewhere`), and is reported once (`warned`, shared by the calls) when none does."""
+    overrides = getattr(node, '_parameter_overrides', None) or {}
+    known_elsewhere = set(known_elsewhere)
+    warned = set() if warned is None else warned
+    files = [(path, *_sections(path, node.get_name())) for path in params_files(argv)]
+    lines = []
+    for name in sorted(overrides):
+        if node.has_parameter(name):
+            continue
+        own = [path for path, o, _ in files if name in o]
+        if not own and (name in known_elsewhere or name in warned):
+            continue
+        where = own or [path for path, _, w in files if name in w]
+        source = ', '.join(where) if where else 'the command line or a launch file'
+        owner = (f"any node of {process}" if process and not own
+                 else f"node '{node.get_name()}'")
+        warned.add(name)
+        line = f"parameter '{name}' (from {source}) is not a parameter of {owner}: ignored"
+        lines.append(line)
+        node.get_logger().warning(line)
+    return lines

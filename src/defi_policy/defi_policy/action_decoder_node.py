@@ -37,7 +37,9 @@ class ActionDecoderParams(CommonParams):
     latent_topic: str = 'defi/latent_actions'
     chunk_topic: str = 'defi/action_chunk'
     joint_states_topic: str = 'joint_states'
-    state_names: List[str] = field(default_factory=list)   # joints forming the state; [] = first state_dim
+    # joints forming the state, matched by name in each JointState; [] = the checkpoint's names if
+    # it records them, else the message must carry exactly state_dim positions
+    state_names: List[str] = field(default_factory=list)
     action_names: List[str] = field(default_factory=list)  # [] = a0, a1, ...
     action_dt: float = 0.0       # seconds between chunk steps; 0 = 1/fps of the checkpoint's training data
     max_age_s: float = 1.0
@@ -62,6 +64,9 @@ class ActionDecoderNode(DefiNode):
         if p.action_names and len(p.action_names) != cfg.action_dim:
             raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for the "
                              f'checkpoint action_dim {cfg.action_dim}')
+        if p.state_names and len(p.state_names) != cfg.state_dim:
+            raise ValueError(f"parameter 'state_names': {len(p.state_names)} names for the "
+                             f'checkpoint state_dim {cfg.state_dim}')
         if p.action_dt < 0:
             raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
         self.action_dt = p.action_dt or self._checkpoint_dt()
@@ -165,19 +170,34 @@ class ActionDecoderNode(DefiNode):
             self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
             return False, None
 
+    def _state_names(self) -> list:
+        extra = getattr(self.policy, 'checkpoint_extra', None) or {}
+        names = list(self.params.state_names) or list(extra.get('state_names') or [])
+        return names if len(names) == self.policy.cfg.state_dim else []
+
     def _state_vector(self) -> np.ndarray:
-        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.params.state_names
+        """The state from the latest JointState, by joint name; a message whose names or count do
+        not fit is refused (never the first state_dim of more positions)."""
+        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self._state_names()
         if msg is None:
             raise ValueError(f'no JointState received yet (the checkpoint needs state_dim={dim})')
-        pos = list(msg.position)
+        pos, msg_names = list(msg.position), list(msg.name)
+        if msg_names and len(msg_names) != len(pos):
+            raise ValueError(f'name/position: {len(msg_names)} names for {len(pos)} positions')
         if names:
-            missing = [n for n in names if n not in msg.name]
+            missing = [n for n in names if n not in msg_names]
             if missing:
-                raise ValueError(f'name: joints {missing} (parameter state_names) are not in the message')
-            pos = [pos[list(msg.name).index(n)] for n in names]
-        if len(pos) < dim:
-            raise ValueError(f'position: {len(pos)} values, the checkpoint needs state_dim={dim}')
-        return np.asarray(pos[:dim], dtype=np.float32)
+                raise ValueError(f'name: joints {missing} (parameter state_names) are not in the '
+                                 f'message (it has {msg_names[:16]})')
+            pos = [pos[msg_names.index(n)] for n in names]
+        elif len(pos) != dim:
+            raise ValueError(f'position: {len(pos)} values, the checkpoint needs state_dim={dim}; '
+                             f"set parameter 'state_names' to the {dim} joints forming the state "
+                             f'(the message has {msg_names[:16]})')
+        state = np.asarray(pos, dtype=np.float32)
+        if not np.all(np.isfinite(state)):
+            raise ValueError('position: non-finite values')
+        return state
 
     # ---- worker thread ------------------------------------------------------------------------
     def _compute(self, item) -> None:

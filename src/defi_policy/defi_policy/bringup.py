@@ -20,7 +20,7 @@ from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
 from defi_perception.node_base import init_ros, load_checkpoint_policy, shutdown_nodes
-from defi_perception.params import declare_params
+from defi_perception.params import declare_params, warn_unknown_parameters
 
 from .action_decoder_node import ActionDecoderNode
 from .chunk_executor_node import ChunkExecutorNode
@@ -120,6 +120,10 @@ def main(args=None) -> None:
     except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
         host.get_logger().error(f'defi_bringup: {exc}')
     nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
+    declared = {name for n in [host] + nodes for name in n.list_parameters([], 0).names}
+    warned: set = set()
+    for n in [host] + nodes:
+        warn_unknown_parameters(n, declared, process='defi_bringup', warned=warned)
     executor, goal_executor = make_executors(p.executor, [host] + nodes[:4], nodes[4:])
     try:
         if p.autostart:

@@ -52,6 +52,9 @@ class ChunkExecutorParams(CommonParams):
     linear_scale: float = 1.0
     angular_scale: float = 1.0
     joint_names: List[str] = field(default_factory=list)    # [] = the chunk's action names
+    # what the robot side takes: chunks of another dimension / other names are refused
+    action_dim: int = 0                                     # 0 = any
+    action_names: List[str] = field(default_factory=list)   # [] = any
     action_min: List[float] = field(default_factory=list)   # one value or one per action; [] = none
     action_max: List[float] = field(default_factory=list)
     control_rate_hz: float = 10.0
@@ -89,6 +92,9 @@ class ChunkExecutorNode(DefiNode):
             raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
         if not p.max_age_s > 0:
             raise ValueError(f"parameter 'max_age_s': must be > 0, got {p.max_age_s}")
+        if p.action_names and p.action_dim and len(p.action_names) != p.action_dim:
+            raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for "
+                             f'action_dim {p.action_dim}')
         if not p.max_future_s >= 0:
             raise ValueError(f"parameter 'max_future_s': must be >= 0, got {p.max_future_s}")
         if p.output_mode == 'twist':
@@ -153,6 +159,7 @@ class ChunkExecutorNode(DefiNode):
         topic = self.params.chunk_topic
         try:
             chunk = chunk_from_msg(msg)
+            self._check_output(chunk)
             self._check_limits(chunk.action_dim)
         except ValueError as exc:
             self.report_error('malformed_inputs', f'{topic}: {exc}')
@@ -187,6 +194,21 @@ class ChunkExecutorNode(DefiNode):
                 self.chunks_received += 1
                 self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
                 self._last_dim, self._last_names = chunk.action_dim, chunk.names
+
+    def _check_output(self, chunk) -> None:
+        """Refuse a chunk the configured output cannot take (ValueError naming field and parameter)."""
+        p = self.params
+        dim = p.action_dim or len(p.action_names)
+        if dim and chunk.action_dim != dim:
+            raise ValueError(f'action_dim: {chunk.action_dim}, the output takes {dim} (parameter '
+                             f"{'action_dim' if p.action_dim else 'action_names'}); refused")
+        if p.action_names and list(chunk.names) != list(p.action_names):
+            raise ValueError(f'names: {list(chunk.names)}, the output takes {list(p.action_names)} '
+                             '(parameter action_names); refused')
+        if p.output_mode == 'joint_trajectory':
+            joint_positions(chunk.actions[0], chunk.names, p.joint_names)   # names every joint
+        elif p.output_mode == 'twist':
+            resolve_twist_axes(chunk.names, p.twist_axes, chunk.action_dim)
 
     def _check_limits(self, action_dim: int) -> None:
         if self._limits_dim == action_dim:

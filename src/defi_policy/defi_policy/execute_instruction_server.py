@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from std_msgs.msg import Bool, String
 
+from defi_core.runtime.inputs import DEFAULT_MAX_INSTRUCTION_CHARS, check_instruction
 from defi_msgs.action import ExecuteInstruction
 from defi_msgs.msg import ActionChunk
 from defi_perception import qos
@@ -34,6 +35,7 @@ class ExecuteInstructionParams(CommonParams):
     enable_topic: str = 'defi/enable'
     default_timeout_s: float = 60.0
     feedback_rate_hz: float = 2.0
+    max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS   # longer instructions are refused
 
 
 class ExecuteInstructionServer(DefiNode):
@@ -94,6 +96,11 @@ class ExecuteInstructionServer(DefiNode):
             return GoalResponse.REJECT
         if not goal.instruction.strip():
             self.report_error('malformed_inputs', f'{self.params.action_name}: goal rejected: empty instruction')
+            return GoalResponse.REJECT
+        try:
+            check_instruction(goal.instruction, self.params.max_instruction_chars, 'instruction')
+        except ValueError as exc:
+            self.report_error('malformed_inputs', f'{self.params.action_name}: goal rejected: {exc}')
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
