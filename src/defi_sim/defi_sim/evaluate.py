@@ -57,6 +57,7 @@ class EvalConfig:
     picture_steps: tuple = ()          # observation indices for strips; () = first and middle
     gfdm_sampling_steps: int = 0       # 0 = the checkpoint's default
     video_scale: int = 2
+    record_trajectory: bool = False    # keep hand position, gripper and command per observation
 
     def __post_init__(self):
         check_episode_config(self, ('episodes', 'max_steps', 'steps_per_observation', 'replan_every'))
@@ -162,6 +163,7 @@ def picture_indices(config: EvalConfig, num_frames: int) -> list:
 
 def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print):
     """Run config.episodes episodes per task in-process; -> (episodes, pictures per task)."""
+    import torch
     from defi_core.runtime import Chunk, ChunkSchedule
     from defi_training.evaluation import EpisodeResult
     from defi_sim.metaworld_env import MetaWorldSim
@@ -187,6 +189,12 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                 pending = []                     # (observation index it arrives at, chunk)
                 command = np.zeros(4)
                 latencies = []
+                # The action head's noise comes from a generator seeded by the episode's seed, so
+                # the same checkpoint on the same seeds gives the same episodes (on one machine and
+                # torch build: float reductions may differ across CPUs, and through ROS the timing
+                # of chunks is not deterministic).
+                generator = torch.Generator().manual_seed(seed)
+                trajectory = {'hand': [], 'gripper': [], 'command': []} if config.record_trajectory else None
                 keep = config.pictures and e == 0
                 pics = EpisodePictures(task) if keep else None
                 kept_views = []                  # every view of every observation (pictures)
@@ -199,7 +207,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                     if replan:
                         obs = _observation(policy, frames, instruction, _policy_state(policy, sim))
                         t0 = time.perf_counter()
-                        actions = policy.predict_action_chunk(obs)
+                        actions = policy.predict_action_chunk(obs, generator=generator)
                         latencies.append((time.perf_counter() - t0) * 1e3)
                         pending.append((k + config.chunk_delay,
                                         Chunk(now_ns, chunk_dt, actions[0].detach().cpu().numpy())))
@@ -214,6 +222,10 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                         command = step.action if np.all(np.isfinite(step.action)) else np.zeros(4)
                     elif schedule.exhausted():
                         command = np.zeros(4)
+                    if trajectory is not None:
+                        trajectory['hand'].append(sim.observation[:3].tolist())
+                        trajectory['gripper'].append(float(sim.observation[3]))
+                        trajectory['command'].append(np.clip(command, -1.0, 1.0).tolist())
                     # zero-order hold for one observation period, as the sim node in lockstep
                     for _ in range(config.steps_per_observation):
                         result = sim.step(np.clip(command, -1.0, 1.0))
@@ -230,7 +242,11 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                         obs = _observation(policy, kept_views[k], instruction, None)
                         pics.predictions[k] = _predict_frames(policy, obs, config.gfdm_sampling_steps)
                     pictures[task] = pics
-                episodes.append(EpisodeResult(task, seed, success, sim.steps, latencies, instruction))
+                result_ep = EpisodeResult(task, seed, success, sim.steps, latencies, instruction)
+                if trajectory is not None:
+                    trajectory['hand'].append(sim.observation[:3].tolist())
+                    result_ep.trajectory = trajectory
+                episodes.append(result_ep)
                 log(f'{task} seed {seed}: {"success" if success else "failure"} after {sim.steps} steps, '
                     f'{len(latencies)} chunks, median {np.median(latencies) if latencies else 0:.1f} ms')
         finally:

@@ -51,6 +51,7 @@ class EpisodeResult:
     length: int                      # control steps executed (up to and including the success step)
     inference_ms: list = field(default_factory=list)  # one entry per computed action chunk
     instruction: str = ''
+    trajectory: dict = field(default_factory=dict)    # optional: per-observation hand, gripper, command
 
 
 # ------------------------------------------------------------------------------------ statistics
