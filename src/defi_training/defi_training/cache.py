@@ -213,6 +213,23 @@ def build_cache(inputs, out_dir: str | Path, topic_map: TopicMap | None = None, 
     return write_cache(eps, out_dir, topic_map, report, overwrite=overwrite, sources=list(inputs))
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f'{path}: not valid JSON ({exc}); the cache is damaged: build it again') from None
+
+
+def _load_npy(path: Path, mmap_mode=None) -> np.ndarray:
+    # a truncated file otherwise says only 'mmap length is greater than file size'
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path}: missing; the cache is damaged: build it again') from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f'{path}: cannot be read ({exc}); the cache is damaged: build it again') from None
+
+
 class EpisodeCache:
     """Read side of the cache: memory-mapped frames, float arrays, stats and meta."""
 
@@ -222,11 +239,13 @@ class EpisodeCache:
         if not meta_path.is_file():
             raise FileNotFoundError(f'{self.path} is not an episode cache (no meta.json); '
                                     'build one with `defi-data build-cache`')
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = _read_json(meta_path)
+        if not isinstance(self.meta, dict):
+            raise ValueError(f'{meta_path}: expected a JSON object; the cache is damaged: build it again')
         if self.meta.get('format') != CACHE_FORMAT:
             raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {CACHE_FORMAT!r}")
         stats_path = self.path / 'stats.json'
-        raw = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+        raw = _read_json(stats_path) if stats_path.is_file() else {}
         self.stats = {k: {s: np.asarray(v[s], np.float32) for s in ('mean', 'std', 'min', 'max')}
                       for k, v in raw.items()}
         self._frames: dict[tuple[int, str], np.ndarray] = {}
@@ -293,7 +312,7 @@ class EpisodeCache:
             self._check(e)
             if cam not in self.cameras:
                 raise KeyError(f'camera {cam!r} not in the cache (has {self.cameras})')
-            arr = np.load(self._dir(e) / f'images.{cam}.npy', mmap_mode='r')
+            arr = _load_npy(self._dir(e) / f'images.{cam}.npy', mmap_mode='r')
             self._frames[key] = arr
         return arr
 
@@ -308,7 +327,7 @@ class EpisodeCache:
                 raise KeyError(f'{self.path}: the cache has no observation.state')
             if name not in ('action', 'observation.state', 'timestamp'):
                 raise KeyError(f"unknown array {name!r} (action, observation.state, timestamp)")
-            arr = np.load(self._dir(e) / f'{name}.npy')
+            arr = _load_npy(self._dir(e) / f'{name}.npy')
             self._arrays[key] = arr
         return arr
 

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file, save, save_file
 
-from defi_core.files import replace_directory
+from defi_core.files import remove_stale_temporaries, replace_directory
 
 CKPT_PREFIX = 'step_'
 TRAINER_STATE = 'trainer_state.json'
@@ -140,6 +140,9 @@ def save_run_checkpoint(run_dir: str | Path, step: int, *, export_policy: Callab
     root = Path(run_dir) / 'checkpoints'
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
+    # before writing: a run that died on a full disk left its temporaries, and their space is
+    # needed now
+    remove_stale_temporaries(root)
     tmp = root / f'.tmp-{checkpoint_name(step)}-{os.getpid()}'
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -156,9 +159,8 @@ def save_run_checkpoint(run_dir: str | Path, step: int, *, export_policy: Callab
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob('.*'):            # leftovers of killed runs (ours and save_checkpoint's)
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    # leftovers of killed runs and of our own failed saves; a live writer's stay
+    remove_stale_temporaries(root, include_own=True)
     return final
 
 

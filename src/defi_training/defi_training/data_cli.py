@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from defi_core.cli import run_cli
+
 from .topic_map import load_topic_map
 
 __all__ = ['main']
@@ -126,12 +128,13 @@ def main(argv=None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.paths = list(args.paths) + rest
-    try:
+
+    def body():
         _split_overrides(args)
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f'defi-data {args.command}: error: {exc}', file=sys.stderr)
-        return 2
+        return args.func(args)
+    # one line + exit 2 for bad input and file-system errors, 130 on Ctrl-C (the cache and the
+    # LeRobot writer remove their temporary folder on the way out)
+    return run_cli(f'defi-data {args.command}', body, writing=getattr(args, 'out', None))
 
 
 if __name__ == '__main__':
