@@ -155,3 +155,12 @@ def test_camera_frame_stamped_in_the_future_does_not_block_good_frames(ros_conte
         assert node.counters.future_stamps == 1 and 'camera/image_raw' in node.counters.last_error
     finally:
         shutdown(ex, [node, probe.node])
+
+
+def test_negative_max_future_s_fails_configure_with_the_parameter_name(ros_context):
+    from defi_policy.chunk_executor_node import ChunkExecutorNode
+    node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(max_future_s=-1.0))
+    try:
+        assert not node.start() and "'max_future_s'" in node.counters.last_error
+    finally:
+        node.destroy_node()

@@ -157,6 +157,8 @@ class DefiNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.params = read_params(self, self.params_cls)
+            if not self.params.max_future_s >= 0:
+                raise ValueError(f"parameter 'max_future_s': must be >= 0, got {self.params.max_future_s}")
         except ValueError as exc:
             self.report_error('other', f'configure failed: {exc}')
             self._state = PolicyStatus.STATE_ERROR

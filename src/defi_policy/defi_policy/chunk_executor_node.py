@@ -95,8 +95,6 @@ class ChunkExecutorNode(DefiNode):
         if p.action_names and p.action_dim and len(p.action_names) != p.action_dim:
             raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for "
                              f'action_dim {p.action_dim}')
-        if not p.max_future_s >= 0:
-            raise ValueError(f"parameter 'max_future_s': must be >= 0, got {p.max_future_s}")
         if p.output_mode == 'twist':
             self.cmd_pub = self.create_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
         elif p.output_mode == 'joint_trajectory':
