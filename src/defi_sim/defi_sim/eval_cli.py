@@ -84,6 +84,12 @@ def make_config(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from defi_core.cli import run_cli
+    # one line + exit 2 for bad input and file-system errors (a read-only --out), 130 on Ctrl-C
+    return run_cli('defi-eval', lambda: _run(args), writing=args.out)
+
+
+def _run(args) -> int:
     try:
         config = make_config(args)
     except ValueError as err:
