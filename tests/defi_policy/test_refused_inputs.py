@@ -187,3 +187,13 @@ def test_goal_with_an_unreadable_or_huge_instruction_is_rejected(ros_context, sp
     finally:
         client.destroy()
         shutdown(ex, [server, probe.node])
+
+
+def test_wrong_typed_parameter_in_a_params_file_is_one_line_and_exit_2(tmp_path):
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text('chunk_executor:\n  ros__parameters:\n    control_rate_hz: fast\n')
+    proc = subprocess.run([sys.executable, '-m', 'defi_policy.bringup', '--ros-args',
+                           '--params-file', str(params_file)], capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert 'Traceback' not in out and "parameter 'control_rate_hz': cannot read 'fast'" in out, out

@@ -104,6 +104,9 @@ class DefiNode(LifecycleNode):
     worker = None           # a model node's inference worker (LatestWorker), made in setup()
 
     def __init__(self, node_name: str, *, policy=None, **kwargs):
+        # a node whose __init__ failed (a bad parameter) is still destroyed by rclpy: nothing to
+        # tear down until __init__ has finished
+        self._torn_down = True
         super().__init__(node_name, **kwargs)
         self.params = declare_params(self, self.params_cls)
         self.counters = StatusCounters()
@@ -129,6 +132,7 @@ class DefiNode(LifecycleNode):
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=back, on_clock_change=True),
             post_callback=self._on_clock_jump)
+        self._torn_down = False
 
     # ---- hooks --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -375,7 +379,12 @@ def run_node(node_cls, args=None, num_threads: int = 1) -> None:
     """main() of a single-node executable: start (if autostart) and spin. One thread (callbacks
     are short; inference runs on worker threads), unless a callback blocks (the goal loop)."""
     init_ros(args)
-    node = node_cls()
+    try:
+        node = node_cls()
+    except ValueError as exc:   # a wrong-typed parameter value: one line naming it, exit 2
+        rclpy.logging.get_logger(node_cls.__name__).fatal(str(exc))
+        rclpy.try_shutdown()
+        raise SystemExit(2)
     warn_unknown_parameters(node)
     executor = (SingleThreadedExecutor() if num_threads == 1
                 else MultiThreadedExecutor(num_threads=num_threads))

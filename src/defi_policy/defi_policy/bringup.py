@@ -109,7 +109,11 @@ def make_executors(kind: str, pipeline: list, servers: list):
 def main(args=None) -> None:
     init_ros(args)
     host = Node('defi_bringup')
-    p = declare_params(host, BringupParams)
+    try:
+        p = declare_params(host, BringupParams)
+    except ValueError as exc:   # a wrong-typed value: one line naming the parameter, exit 2
+        host.get_logger().fatal(f'defi_bringup: {exc}')
+        raise SystemExit(2)
     if p.executor not in EXECUTORS:
         host.get_logger().fatal(f"parameter 'executor': {p.executor!r} is not one of {list(EXECUTORS)}")
         raise SystemExit(2)
@@ -119,7 +123,11 @@ def main(args=None) -> None:
         host.get_logger().info(f'loaded {p.checkpoint} once for all nodes')
     except Exception as exc:  # noqa: BLE001 - the nodes report it in defi/status and keep running
         host.get_logger().error(f'defi_bringup: {exc}')
-    nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
+    try:
+        nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
+    except ValueError as exc:
+        host.get_logger().fatal(f'defi_bringup: {exc}')
+        raise SystemExit(2)
     declared = {name for n in [host] + nodes for name in n.list_parameters([], 0).names}
     warned: set = set()
     for n in [host] + nodes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 
 from defi_perception.params import warn_unknown_parameters
@@ -12,7 +13,12 @@ def spin_node(node_cls, args=None) -> None:
     rclpy.init(args=args)
     node = None
     try:
-        node = node_cls()
+        try:
+            node = node_cls()
+        except (ValueError, InvalidParameterTypeException) as exc:
+            # a bad parameter value: one line naming it, exit 2
+            rclpy.logging.get_logger(node_cls.__name__).fatal(str(exc))
+            raise SystemExit(2)
         warn_unknown_parameters(node)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -400,7 +400,8 @@ class SimNode(Node):
             self._awaiting_since = time.monotonic()
 
     def destroy_node(self):
-        self.sim.close()
+        if getattr(self, 'sim', None) is not None:    # None when __init__ failed (bad parameter)
+            self.sim.close()
         super().destroy_node()
 
 
