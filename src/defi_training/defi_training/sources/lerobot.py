@@ -248,9 +248,8 @@ def _image_stats(frames: np.ndarray) -> dict:
 
 
 def _aggregate(parts: list) -> dict:
-    """Dataset stats from episode stats: min/max/mean/std exact over the frames looked at (all the
-    same size),
-    quantiles the count-weighted mean of the episodes' (LeRobot's aggregate_stats does the same)."""
+    """Dataset stats from episode stats: min/max/mean/std exact over the frames looked at (all of
+    one size), quantiles the count-weighted mean of the episodes' (as LeRobot's aggregate_stats)."""
     n = np.array([p['count'][0] for p in parts], np.float64)[:, None]
     means = np.stack([p['mean'] for p in parts])
     mean = (n * means).sum(0) / n.sum()
