@@ -328,6 +328,12 @@ def _parse_args(argv):
 
 
 def main(args=None):
+    from defi_core.cli import run_cli
+    # an --out it cannot write: one line naming it and exit 2 (the bag is still closed first)
+    return run_cli('defi-record', lambda: _main(args))
+
+
+def _main(args=None):
     argv = sys.argv[1:] if args is None else list(args)
     ros_argv = rclpy.utilities.remove_ros_args(['defi-record'] + argv)[1:]
     opts, _ = _parse_args(ros_argv)

@@ -237,11 +237,15 @@ def main(argv=None) -> int:
             print(f'{"*" if task in DEVELOPMENT_TASKS else " "} {task:<30} {text}')
         print('* = development task')
         return 0
-    try:
-        return dataset_main(opts) if opts.command == 'dataset' else _record_main(opts)
-    except (ValueError, FileExistsError, TimeoutError, RuntimeError) as err:
-        print(f'defi-sim {opts.command}: error: {err}', file=sys.stderr)
-        return 2
+    def body():
+        try:
+            return dataset_main(opts) if opts.command == 'dataset' else _record_main(opts)
+        except RuntimeError as err:
+            raise ValueError(str(err)) from None
+    # one line + exit 2 for bad input, file-system errors (an --out it cannot write) and a
+    # failed recording; 130 on Ctrl-C
+    from defi_core.cli import run_cli
+    return run_cli(f'defi-sim {opts.command}', body, writing=getattr(opts, 'out', None))
 
 
 if __name__ == '__main__':
