@@ -127,6 +127,8 @@ class ForwardPredictorNode(DefiNode):
         self.instruction = text
 
     def on_time_jump(self) -> None:
+        if not self._configured:
+            return                  # nothing buffered before setup()
         with self._lock:
             self.sync.clear()
             self._last_submitted_ns = -1

@@ -11,8 +11,9 @@ is the age of the newest chunk's stamp (= its camera stamp): if the camera stops
 comes and the executor stops within max_age_s + one control period. A chunk stamped more than
 max_future_s ahead of the node's clock is refused (it would not be due for that long and would
 make every later chunk look older); a clock that jumps back resets the schedule and commands a
-stop until a fresh chunk arrives. dry_run computes everything
-and publishes nothing to the robot. No inference here: the timer never waits for the model.
+stop until a fresh chunk arrives. A chunk the output cannot take (action_dim, action_names,
+joint_names, twist_axes) is refused on arrival. dry_run computes everything and publishes nothing
+to the robot. No inference here: the timer never waits for the model.
 """
 from __future__ import annotations
 

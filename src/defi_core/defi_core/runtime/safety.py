@@ -25,7 +25,7 @@ class StopReason(str, Enum):
     CHUNK_EXHAUSTED = 'chunk_exhausted'
     MALFORMED = 'malformed_chunk'
     FUTURE_STAMP = 'future_stamp'
-    CLOCK_JUMP = 'clock_jumped_back'
+    CLOCK_JUMP = 'clock_jump'           # went back, or switched between sim and wall time
 
 
 def all_finite(values) -> bool:
