@@ -29,7 +29,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.signals import SignalHandlerOptions
 
 from defi_core.runtime.status import StatusCounters
-from defi_core.runtime.timing import clock_mismatch, future_s
+from defi_core.runtime.timing import clock_mismatch, future_s, is_wall_clock
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
@@ -242,7 +242,7 @@ class DefiNode(LifecycleNode):
         ahead of the node's clock. A stamp from the other kind of clock (wall vs sim time) is
         explained once per topic."""
         now_ns = self.now_ns() if now_ns is None else now_ns
-        if topic not in self._clock_warned:
+        if topic not in self._clock_warned and is_wall_clock(now_ns) != is_wall_clock(stamp_ns):
             hint = clock_mismatch(topic, now_ns, stamp_ns, self.use_sim_time())
             if hint is not None:
                 self._clock_warned.add(topic)
