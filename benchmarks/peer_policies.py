@@ -73,6 +73,8 @@ NOTES = [
     'both peers: batch size 8 (lerobot-train default), no image augmentation (default), torch on '
     'the same threads as DeFI, DataLoader num_workers 0 (default 4: 2 cores); no pretrained weights',
     'diffusion: n_obs_steps 2 and n_action_steps 8 (defaults): a new chunk every 8 observations',
+    'the peers read the export as LeRobot reads a video dataset (frames decoded per sample with pyav); '
+    "the share of their training time spent loading batches is each run's data_fraction",
     'ACT and Diffusion Policy take no instruction: they tell the task from the scene',
 ]
 
@@ -144,14 +146,19 @@ def tail(path: Path, n: int = 12) -> str:
 
 # ------------------------------------------------------------------------------ data
 
-def default_cache(checkpoint: Path) -> Path:
-    """The cache DeFI's checkpoint was finetuned on (its training/finetune.yaml)."""
+def finetune_spec(checkpoint: Path) -> dict:
+    """The training config a checkpoint keeps of its finetune (training/finetune.yaml), or {}."""
     import yaml
-    spec = checkpoint / 'training' / 'finetune.yaml'
     try:
-        cache = (yaml.safe_load(spec.read_text()) or {}).get('data', {}).get('cache')
-    except OSError:
-        cache = None
+        return yaml.safe_load((checkpoint / 'training' / 'finetune.yaml').read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def default_cache(checkpoint: Path) -> Path:
+    """The cache DeFI's checkpoint was finetuned on."""
+    spec = checkpoint / 'training' / 'finetune.yaml'
+    cache = (finetune_spec(checkpoint).get('data') or {}).get('cache')
     if not cache:
         raise SystemExit(f'peer_policies: {spec} names no data.cache; give the demonstrations with --cache')
     return (ROOT / cache) if not Path(cache).is_absolute() else Path(cache)
@@ -202,8 +209,6 @@ def train_peer(kind: str, python: Path, dataset: Path, work: Path, log_dir: Path
         summary = json.loads(summary_file.read_text())
         print(f'[peers] train_{kind}: reused {out} ({summary["steps"]} steps, {summary["wall_s"]} s)', flush=True)
         return summary
-    if dataset is None:
-        raise RuntimeError('internal: no export to train on')
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     argv = [python, WORKER, 'train', '--kind', kind, '--dataset', dataset, '--out', out,
@@ -306,7 +311,11 @@ def evaluate(name: str, policy, config, out_dir: Path) -> dict:
     from defi_training.evaluation import summarize, write_results
     t0 = time.monotonic()
     lines = []
-    episodes, _ = run_inprocess(policy, config, log=lines.append)
+
+    def log(line):
+        lines.append(line)
+        print(f'[peers] eval_{name}: {line}', flush=True)
+    episodes, _ = run_inprocess(policy, config, log=log)
     (out_dir / 'episodes.log').parent.mkdir(parents=True, exist_ok=True)
     (out_dir / 'episodes.log').write_text('\n'.join(lines) + '\n')
     results = summarize(episodes, checkpoint=name, mode='inprocess')
@@ -397,7 +406,7 @@ def main() -> int:
     mode_group = ap.add_mutually_exclusive_group()
     mode_group.add_argument('--quick', action='store_true', help='10 episodes per task, peers <= 12 min each')
     mode_group.add_argument('--smoke', action='store_true', help=f'1 task, {SMOKE_STEPS} steps per peer, 2 episodes')
-    ap.add_argument('--defi-checkpoint', default='models/defi_metaworld', help='DeFI checkpoint under test')
+    ap.add_argument('--defi-checkpoint', default=None, help='DeFI checkpoint under test (default models/defi_metaworld)')
     ap.add_argument('--defi-train-wall-s', type=float, default=None,
                     help="wall seconds of the DeFI finetune that made the checkpoint: the peers' budget")
     ap.add_argument('--budget-s', type=float, default=None, help='training wall seconds per peer (overrides)')
@@ -406,11 +415,15 @@ def main() -> int:
     ap.add_argument('--episodes', type=int, default=None, help='evaluation episodes per task')
     ap.add_argument('--peers', nargs='+', default=['act', 'diffusion'], choices=list(CHANGED))
     ap.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='torch threads, every policy')
-    ap.add_argument('--peer-venv', default='.venv-peers')
+    ap.add_argument('--peer-venv', default=None, help='the peers\' venv (default .venv-peers)')
     ap.add_argument('--workdir', default=None, help='export, peer runs, logs (default data/bench_peers[_mode])')
     ap.add_argument('--out', default=None, help='JSON result file (default benchmarks/results/peer_policies.json; '
                     '--smoke: in the work directory)')
     args = ap.parse_args()
+    # paths given on the command line are the caller's; the defaults are the repository's
+    for name in ('defi_checkpoint', 'cache', 'workdir', 'out', 'peer_venv'):
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     os.chdir(ROOT)
     mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
     start = time.monotonic()
@@ -420,7 +433,7 @@ def main() -> int:
     from defi_training.cache import EpisodeCache
     torch.set_num_threads(max(1, args.threads))
 
-    checkpoint = Path(args.defi_checkpoint)
+    checkpoint = Path(args.defi_checkpoint or 'models/defi_metaworld')
     cache_path = Path(args.cache) if args.cache else default_cache(checkpoint)
     try:
         cache = EpisodeCache(cache_path)
@@ -446,8 +459,9 @@ def main() -> int:
           f'budget {budget_s:.0f} s per peer ({budget_source}); work in {work}', flush=True)
     print('[peers] LeRobot defaults changed:\n' + '\n'.join(changed_lines()), flush=True)
 
-    python, versions = ensure_peer_venv(ROOT / args.peer_venv, log_dir)
-    print(f'[peers] peer venv {args.peer_venv}: LeRobot {versions["lerobot"]}, torch {versions["torch"]}', flush=True)
+    venv = Path(args.peer_venv or ROOT / '.venv-peers')
+    python, versions = ensure_peer_venv(venv, log_dir)
+    print(f'[peers] peer venv {venv}: LeRobot {versions["lerobot"]}, torch {versions["torch"]}', flush=True)
 
     # 2. export (about 30 s; the peers' observation surface is read from it too)
     export = work / 'lerobot'
@@ -461,7 +475,9 @@ def main() -> int:
     defi = load_eval_policy(checkpoint)
     defi_config = dataclasses.replace(config, action_dt_s=checkpoint_chunk_dt(checkpoint, config))
     evals = {'defi': evaluate('defi', defi, defi_config, work / 'eval' / 'defi')}
-    rows = [row_for('defi', evals['defi'], args.defi_train_wall_s, None, evals['defi']['loop_ms'], tasks)]
+    rows = [row_for('defi', evals['defi'], args.defi_train_wall_s, finetune_spec(checkpoint).get('steps'),
+                    evals['defi']['loop_ms'], tasks)]
+    rows[0]['batch_size'] = finetune_spec(checkpoint).get('batch_size')
     fps = float(json.loads((export / 'meta' / 'info.json').read_text())['fps'])
     cfg = peer_cfg(defi.cfg, export)
     for kind in args.peers:
@@ -473,7 +489,7 @@ def main() -> int:
         s = summaries[kind]
         rows.append(row_for(kind, ev, s['wall_s'], s['steps'], peer.model_ms, tasks))
         rows[-1]['settings_changed'] = {k: v for k, (v, _) in CHANGED[kind].items()}
-        rows[-1]['params'] = s.get('params')
+        rows[-1].update(params=s.get('params'), data_fraction=s.get('data_fraction'), batch_size=s.get('batch_size'))
     wall_s = time.monotonic() - start
 
     print()

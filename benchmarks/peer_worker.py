@@ -106,9 +106,13 @@ def train(args) -> int:
     accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)
     metrics = SimpleNamespace()          # update_policy only sets attributes on it
 
+    loading = [0.0]                      # seconds spent fetching batches (video decoding included)
+
     def step(model, optimizer, scheduler):
         t = time.monotonic()
-        update_policy(metrics, model, pre(next(batches)), optimizer, cfg.optimizer.grad_clip_norm,
+        batch = next(batches)
+        loading[0] += time.monotonic() - t
+        update_policy(metrics, model, pre(batch), optimizer, cfg.optimizer.grad_clip_norm,
                       accelerator=accelerator, lr_scheduler=scheduler)
         return time.monotonic() - t
 
@@ -128,7 +132,8 @@ def train(args) -> int:
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     print(f'[{args.kind}] {dataset.num_episodes} episodes, {dataset.num_frames} frames; '
           f'{step_s:.3f} s/step probed -> {steps} steps in the budget', file=sys.stderr, flush=True)
-    done, losses, last = 0, [], step_s
+    done, losses, last, loading[0] = 0, [], step_s, 0.0
+    t_loop = time.monotonic()
     while done < steps and time.time() + last + save_reserve_s < deadline:
         last = step(policy, optimizer, scheduler)
         done += 1
@@ -136,6 +141,7 @@ def train(args) -> int:
         if done % args.log_every == 0:
             print(f'[{args.kind}] step {done}/{steps} loss {np.mean(losses[-args.log_every:]):.4f} '
                   f'({last:.2f} s/step)', file=sys.stderr, flush=True)
+    loop_s = time.monotonic() - t_loop
     model_dir = out / 'pretrained_model'
     policy = accelerator.unwrap_model(policy)
     policy.save_pretrained(model_dir)
@@ -145,6 +151,7 @@ def train(args) -> int:
     summary = {'kind': args.kind, 'steps': done, 'planned_steps': steps, 'probe_step_s': round(step_s, 4),
                'batch_size': cfg.batch_size, 'final_loss': round(float(np.mean(losses[-50:])), 5) if losses else None,
                'train_s': round(time.time() - START, 1), 'budget_s': args.budget_s,
+               'loop_s': round(loop_s, 1), 'data_fraction': round(loading[0] / loop_s, 3) if loop_s > 0 else None,
                'params': sum(p.numel() for p in policy.parameters()),
                'policy_config': json.loads(json.dumps(cfg.policy.__dict__, default=str)),
                'lerobot': _version('lerobot'), 'torch': torch.__version__}
