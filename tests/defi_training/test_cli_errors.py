@@ -124,3 +124,13 @@ def test_a_checkpoint_save_removes_a_dead_runs_temporaries_first(tmp_path):
     save_run_checkpoint(tmp_path / 'run', 300, export_policy=export,
                         optimizer=torch.optim.SGD([param], lr=0.1), rng_blobs=[b'r'], trainer_state={})
     assert seen == [False] and live.exists()
+
+
+@pytest.mark.parametrize('text, field', [('fps: ten\n', "fps: expected a number, got 'ten'"),
+                                         ('image_size: big\n', "image_size: expected an integer or null, got 'big'"),
+                                         ('action: {topic: 5}\n', 'action.topic: expected a string or null, got 5')])
+def test_wrong_typed_data_config_field_is_named(bags, tmp_path, text, field):
+    config = tmp_path / 'data.yaml'
+    config.write_text(text)
+    rc, _, err = defi_data('build-cache', bags, '--config', config, '--out', tmp_path / 'cache')
+    assert rc == 2 and err.strip() == f'defi-data build-cache: error: data config {config}: {field}', err

@@ -24,6 +24,31 @@ def _norm_topic(topic: str | None) -> str | None:
     return topic.lstrip('/') or None
 
 
+# the scalar fields' types, checked before any comparison so that a wrong-typed value names its
+# field ('fps: expected a number, got 'ten'') instead of failing inside validate()
+_NUMBER, _INT, _TEXT = 'a number', 'an integer', 'a string'
+_FIELD_TYPES = {'fps': _NUMBER, 'max_age_s': _NUMBER, 'image_size': _INT, 'min_episode_frames': _INT,
+                'gap_policy': _TEXT, 'clock': _TEXT, 'success_topic': _TEXT,
+                'state.topic': _TEXT, 'action.source': _TEXT, 'action.topic': _TEXT,
+                'task.topic': _TEXT, 'task.default': _TEXT, 'episode.split': _TEXT,
+                'episode.topic': _TEXT}
+_NULLABLE = {'image_size', 'success_topic', 'state.topic', 'action.topic', 'task.topic', 'episode.topic'}
+
+
+def _check_field_types(tm) -> None:
+    for name, kind in _FIELD_TYPES.items():
+        obj, attr = (tm, name) if '.' not in name else (getattr(tm, name.split('.')[0]), name.split('.')[1])
+        value = getattr(obj, attr)
+        if value is None and name in _NULLABLE:
+            continue
+        ok = {_NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool),
+              _INT: isinstance(value, int) and not isinstance(value, bool),
+              _TEXT: isinstance(value, str)}[kind]
+        if not ok:
+            null = ' or null' if name in _NULLABLE else ''
+            raise ValueError(f'{name}: expected {kind}{null}, got {value!r}')
+
+
 @dataclass
 class StateSpec:
     topic: str | None = 'joint_states'
@@ -83,6 +108,7 @@ class TopicMap:
                 if 'fields' in val and val['fields'] is not None:
                     val = dict(val, fields=tuple(val['fields']))
                 setattr(self, name, typ(**val))
+        _check_field_types(self)
         self.validate()
 
     def validate(self) -> None:
