@@ -164,3 +164,30 @@ def test_negative_max_future_s_fails_configure_with_the_parameter_name(ros_conte
         assert not node.start() and "'max_future_s'" in node.counters.last_error
     finally:
         node.destroy_node()
+
+
+def test_a_chunk_not_due_yet_stops_the_robot_until_its_first_step(ros_context, spin):
+    """A newer chunk stamped ahead of the clock (within max_future_s) replaces the running one:
+    until its first step is due there is nothing valid to run, so the executor commands a stop."""
+    node, probe, pub = executor_and_probe(ros_context)
+    ex = make_executor(ros_context, [node, probe.node])
+    now = lambda: probe.node.get_clock().now().nanoseconds  # noqa: E731
+    topic = 'defi/action_command'
+    try:
+        assert spin(ex, lambda: pub.get_subscription_count() > 0, timeout_s=3)
+        pub.publish(chunk(now(), value=0.5, horizon=200))
+        assert spin(ex, lambda: len(probe.msgs(topic)) >= 3, timeout_s=3)
+        n = len(probe.msgs(topic))
+        t0 = time.monotonic()
+        pub.publish(chunk(now() + 400_000_000, value=0.25, horizon=200))     # due in 0.4 s
+        assert spin(ex, lambda: any(is_stop(m) for m in probe.msgs(topic)[n:]), timeout_s=0.35), \
+            'the robot kept its last command while the new chunk was not due'
+        stop_i = n + next(i for i, m in enumerate(probe.msgs(topic)[n:]) if is_stop(m))
+        print(f'chunk not due -> stop command: {(probe.times[topic][stop_i] - t0) * 1e3:.1f} ms')
+        assert not any(list(m.data) == [0.5] * 4 for m in probe.msgs(topic)[stop_i:])
+        assert spin(ex, lambda: any(list(m.data) == [0.25] * 4 for m in probe.msgs(topic)[stop_i:]),
+                    timeout_s=2)
+        first = stop_i + next(i for i, m in enumerate(probe.msgs(topic)[stop_i:]) if list(m.data) == [0.25] * 4)
+        assert probe.times[topic][first] - t0 >= 0.35               # not before it was due
+    finally:
+        shutdown(ex, [node, probe.node])

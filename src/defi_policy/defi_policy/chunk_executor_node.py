@@ -250,6 +250,10 @@ class ChunkExecutorNode(DefiNode):
             if step is None:
                 if self.schedule.exhausted() and self.params.stop_when_exhausted:
                     self.stop(StopReason.CHUNK_EXHAUSTED)
+                elif self.schedule.next_index == 0 and self.latch.running:
+                    # a newer chunk replaced the running one but is stamped ahead of this clock:
+                    # nothing is valid to run until its first step is due, so stop and keep it
+                    self.stop(StopReason.NOT_DUE, keep_chunk=True)
                 return
             if not all_finite(step.action):
                 self.report_error('non_finite_outputs', 'action step is not finite; stop')
@@ -264,10 +268,11 @@ class ChunkExecutorNode(DefiNode):
             self.latch.run()
             self._publish(command)
 
-    def stop(self, reason: StopReason, force: bool = False) -> None:
-        """Command a stop (once per transition) and drop the current chunk."""
+    def stop(self, reason: StopReason, force: bool = False, keep_chunk: bool = False) -> None:
+        """Command a stop (once per transition) and drop the current chunk (unless keep_chunk)."""
         with self._lock:
-            self.schedule.clear()
+            if not keep_chunk:
+                self.schedule.clear()
             if not self.latch.stop(reason, force=force):
                 return
             self.get_logger().info(f'stop commanded: {reason.value}')

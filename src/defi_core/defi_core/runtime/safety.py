@@ -25,6 +25,7 @@ class StopReason(str, Enum):
     CHUNK_EXHAUSTED = 'chunk_exhausted'
     MALFORMED = 'malformed_chunk'
     FUTURE_STAMP = 'future_stamp'
+    NOT_DUE = 'chunk_not_due_yet'       # the newest chunk's first step lies ahead of the clock
     CLOCK_JUMP = 'clock_jump'           # went back, or switched between sim and wall time
 
 
