@@ -134,3 +134,38 @@ def test_no_pickle_anywhere():
         text = path.read_text()
         assert 'import pickle' not in text and 'torch.save(' not in text, path
         assert 'torch.load(' not in text or 'weights_only=True' in text, path
+
+
+def test_wrong_typed_config_field_names_the_file_and_field(tmp_path):
+    cfg = tiny_cfg()
+    path = save_checkpoint(tmp_path / 'ckpt', make_policy(cfg), cfg, make_stats(cfg))
+    meta = json.loads((path / 'config.json').read_text())
+    meta['config']['horizon'] = 'ten'
+    (path / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        load_policy(path)
+    assert str(err.value) == f"{path / 'config.json'}: config.horizon: expected an integer, got 'ten'"
+    meta['config']['horizon'] = 10
+    meta['config']['cameras'] = 'front'
+    (path / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.cameras: expected a list of strings, got 'front'"):
+        load_policy(path)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, bad):
+    cfg = tiny_cfg()
+    policy = make_policy(cfg)
+    path = save_checkpoint(tmp_path / 'ckpt', policy, cfg, make_stats(cfg))
+    gfdm = save_checkpoint(tmp_path / 'gfdm', policy, cfg, component='gfdm')
+    for ckpt in (path, gfdm):
+        tensors = load_file(str(ckpt / 'model.safetensors'))
+        key = sorted(k for k, v in tensors.items() if v.is_floating_point())[-1]
+        tensors[key].view(-1)[0] = bad
+        save_file(tensors, str(ckpt / 'model.safetensors'), metadata={'schema_version': '1', 'kind': 'x'})
+    with pytest.raises(CheckpointError, match=rf"^{path / 'model.safetensors'}: weight .* holds NaN or infinite"):
+        load_policy(path)
+    with pytest.raises(CheckpointError, match='holds NaN or infinite'):
+        load_state_into(make_policy(cfg), gfdm, 'gfdm')
+    with pytest.raises(CheckpointError, match='holds NaN or infinite'):
+        load_component(gfdm)

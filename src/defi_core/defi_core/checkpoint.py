@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from .files import replace_directory, temp_directory_for
 from .config import SCHEMA_VERSION, DefiConfig
+from .config_types import check_field_types
 from .normalization import Normalizer
 
 CONFIG_FILE = 'config.json'
@@ -108,10 +109,14 @@ def read_meta(dirpath) -> dict:
 def load_config_from(dirpath, meta: dict | None = None) -> DefiConfig:
     """The DefiConfig of a checkpoint (meta: its read_meta(), when the caller already has it)."""
     meta = meta or read_meta(dirpath)
+    path = Path(dirpath) / CONFIG_FILE
     try:
-        return DefiConfig.from_dict(meta['config'], source=str(Path(dirpath) / CONFIG_FILE))
+        # a wrong-typed field names itself instead of failing in a comparison inside validate()
+        check_field_types(meta['config'], prefix='config.')
+        return DefiConfig.from_dict(meta['config'], source=str(path))
     except (ValueError, TypeError) as err:
-        raise CheckpointError(str(err)) from None
+        text = str(err)
+        raise CheckpointError(text if text.startswith(str(path)) else f'{path}: {text}') from None
 
 
 def _read_tensors(path: Path) -> dict:
@@ -122,6 +127,15 @@ def _read_tensors(path: Path) -> dict:
             return {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f'{path}: cannot read safetensors ({err})') from None
+
+
+def _check_finite(tensors: dict, source: str) -> None:
+    """Refuse weights holding NaN/Inf (a diverged run): such a policy outputs NaN actions.
+    One isfinite pass over the weights, cheap next to reading them."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f'{source}: weight {k!r} holds NaN or infinite values '
+                                  '(the training run diverged?); refusing to load it')
 
 
 def _strict_load(module: torch.nn.Module, tensors: dict, source: str) -> None:
@@ -138,6 +152,7 @@ def _strict_load(module: torch.nn.Module, tensors: dict, source: str) -> None:
                                   f'the model expects {tuple(v.shape)}')
         if tensors[k].dtype != v.dtype:
             raise CheckpointError(f'{source}: key {k!r} has dtype {tensors[k].dtype}, the model expects {v.dtype}')
+    _check_finite(tensors, source)
     module.load_state_dict(tensors, strict=True)
 
 
