@@ -132,16 +132,16 @@ def test_finetune_ablation_switches_and_clear_errors(caches, tmp_path, capsys):
     assert policy.cfg.idm_type == 'mlp' and policy.gidm is None and policy.cfg.gfdm_trainable
     # The default switches need the stage checkpoints, and say how to pass them.
     rc = train_main(['finetune', f'data.cache={caches["labelled"]}', '--out', str(tmp_path / 'x'), 'steps=2', *FAST])
-    assert rc == 1 and '--gfdm' in capsys.readouterr().err
+    assert rc == 2 and '--gfdm' in capsys.readouterr().err
     # Finetuning needs labelled data.
     rc = train_main(['finetune', f'data.cache={caches["action_free"]}', '--out', str(tmp_path / 'y'), 'steps=2',
                      'model.gfdm_pretrained=false', 'model.gidm_pretrained=false', *FAST])
     err = capsys.readouterr().err
-    assert rc == 1 and str(caches['action_free']) in err and 'actions' in err
+    assert rc == 2 and str(caches['action_free']) in err and 'actions' in err
     # A model setting that contradicts the cache is named.
     rc = train_main(['gfdm', f'data.cache={caches["action_free"]}', '--out', str(tmp_path / 'z'), 'steps=2',
                      'model.image_size=64', *FAST])
-    assert rc == 1 and 'model.image_size' in capsys.readouterr().err
+    assert rc == 2 and 'model.image_size' in capsys.readouterr().err
 
 
 def test_resume_refuses_a_changed_data_layout(stage_runs, capsys):
@@ -149,5 +149,5 @@ def test_resume_refuses_a_changed_data_layout(stage_runs, capsys):
     # data order, and says so instead of silently training on a different stream.
     rc = train_main(['gidm', '--resume', str(stage_runs['gidm']), 'steps=6', 'batch_size=3'])
     err = capsys.readouterr().err
-    assert rc == 1 and 'batch_size 2 -> 3' in err
+    assert rc == 2 and 'batch_size 2 -> 3' in err
     assert load_train_config(stage_runs['gidm'] / 'config.yaml').batch_size == 2    # the run is untouched

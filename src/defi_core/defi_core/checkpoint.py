@@ -6,12 +6,14 @@ temporary sibling directory renamed into place). Loading is strict and names wha
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import replace_directory, temp_directory_for
@@ -28,6 +30,31 @@ KINDS = ('policy', 'gfdm', 'gidm')
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file, key, shape or schema."""
+
+
+def save_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk, a read-only folder) come as a
+    SafetensorError naming no file: raised here as an OSError naming `path`."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        found = re.search(r'os error (\d+)', str(err))
+        if not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def error_at_destination(exc: OSError, tmp, dest) -> OSError:
+    """`exc` naming the file under `dest` that failed under its temporary folder `tmp` (a user
+    knows the checkpoint's name, not the hidden temporary's); a write on a full disk that names no
+    file names `dest`."""
+    name = str(exc.filename or '')
+    if name and name != str(tmp) and not name.startswith(str(tmp) + os.sep):
+        return exc
+    rel = os.path.relpath(name, str(tmp)) if name else '.'
+    where = Path(dest) if rel == '.' else Path(dest) / rel
+    return OSError(exc.errno, exc.strerror or str(exc), str(where))
 
 
 def _kind_of(module) -> str:
@@ -69,15 +96,18 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
     tmp = temp_directory_for(dirpath, overwrite=True)
     try:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={'schema_version': str(SCHEMA_VERSION), 'kind': kind})
+        save_tensors(tensors, tmp / MODEL_FILE, metadata={'schema_version': str(SCHEMA_VERSION), 'kind': kind})
         meta = {'schema_version': SCHEMA_VERSION, 'kind': kind, 'config': cfg.to_dict(),
                 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'extra': extra or {}}
         if norm is not None:
-            save_file(norm.to_tensors(), str(tmp / STATS_FILE))
+            save_tensors(norm.to_tensors(), tmp / STATS_FILE)
             (tmp / STATS_JSON).write_text(json.dumps(norm.to_json(), indent=1))
             meta['normalization_modes'] = norm.modes
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         replace_directory(tmp, dirpath)
+    except OSError as exc:                   # a full disk, a read-only folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error_at_destination(exc, tmp, dirpath) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

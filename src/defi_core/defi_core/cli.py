@@ -20,7 +20,8 @@ def describe_os_error(exc: OSError, writing: Optional[str] = None) -> str:
     paths = [str(p) for p in (exc.filename, exc.filename2) if p]
     if paths:
         return f"{what}: {' -> '.join(paths)}"
-    return f'{what} (writing {writing})' if writing else what
+    # a FileNotFoundError without a path is our own 'X not found' about an input, not the output
+    return f'{what} (writing {writing})' if writing and not isinstance(exc, FileNotFoundError) else what
 
 
 def _terminate(signum, frame):

@@ -23,8 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import load as st_load_bytes
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 
+from defi_core.checkpoint import error_at_destination, save_tensors
 from defi_core.files import remove_stale_temporaries, replace_directory
 
 CKPT_PREFIX = 'step_'
@@ -146,16 +147,24 @@ def save_run_checkpoint(run_dir: str | Path, step: int, *, export_policy: Callab
     tmp = root / f'.tmp-{checkpoint_name(step)}-{os.getpid()}'
     if tmp.exists():
         shutil.rmtree(tmp)
-    export_policy(tmp)                       # defi_core save_checkpoint creates the directory
-    tmp.mkdir(parents=True, exist_ok=True)
-    opt_tensors, opt_meta = optimizer_state_to_files(optimizer)
-    save_file(opt_tensors, str(tmp / 'optimizer.safetensors'))
-    _write_json(tmp / 'optimizer.json', opt_meta)
-    for rank, blob in enumerate(rng_blobs):
-        (tmp / f'rng_rank{rank}.safetensors').write_bytes(blob)
-    _write_json(tmp / TRAINER_STATE, {**trainer_state, 'step': step, 'world_size': len(rng_blobs)})
-    _fsync_dir_files(tmp)
-    replace_directory(tmp, final)            # final exists when a step is saved again (after a resume)
+    try:
+        export_policy(tmp)                   # defi_core save_checkpoint creates the directory
+        tmp.mkdir(parents=True, exist_ok=True)
+        opt_tensors, opt_meta = optimizer_state_to_files(optimizer)
+        save_tensors(opt_tensors, tmp / 'optimizer.safetensors')
+        _write_json(tmp / 'optimizer.json', opt_meta)
+        for rank, blob in enumerate(rng_blobs):
+            (tmp / f'rng_rank{rank}.safetensors').write_bytes(blob)
+        _write_json(tmp / TRAINER_STATE, {**trainer_state, 'step': step, 'world_size': len(rng_blobs)})
+        _fsync_dir_files(tmp)
+        replace_directory(tmp, final)        # final exists when a step is saved again (after a resume)
+    except OSError as exc:                   # a full disk: name the checkpoint, not the temporary
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error_at_destination(exc, tmp, final) from None
+    except BaseException:
+        # Ctrl-C / SIGTERM while writing: no half checkpoint left behind (the older ones stay)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -210,7 +210,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
             loss, parts = model(batch)
         last_loss = loss.item()         # one host sync per step, shared by the check and the logging
         if not math.isfinite(last_loss):
-            raise FloatingPointError(f'step {step}: loss is {last_loss} (parts {parts}); lower optim.lr or check the data')
+            terms = ', '.join(f'{k} {float(v):.4g}' for k, v in (parts or {}).items())
+            raise FloatingPointError(
+                f'stage {cfg.stage}, step {step + 1}: loss is {last_loss}' + (f' ({terms})' if terms else '')
+                + f'; lower optim.lr or check the data (checkpoints in {run_dir / "checkpoints"} stay '
+                'usable with --resume)')
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None

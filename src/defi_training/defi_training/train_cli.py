@@ -7,9 +7,15 @@
     defi-train gfdm --resume runs/gfdm1 [steps=400]     # continue exactly where the last checkpoint left off
     torchrun --nproc_per_node 4 $(which defi-train) gfdm --config ...      # DDP (NCCL on GPU, gloo on CPU)
 
-Overrides are `key=value` with dotted keys of TrainConfig (see train_config.py); `model.<field>` sets
-any defi_core DefiConfig field, including the ablation switches gfdm_pretrained, gidm_pretrained,
-idm_type (gidm|mlp|transformer|none), train_gfdm and backbone.
+Overrides are `key=value` (or `--set key=value`) with dotted keys of TrainConfig (see
+train_config.py); `model.<field>` sets any defi_core DefiConfig field, including the ablation
+switches gfdm_pretrained, gidm_pretrained, idm_type (gidm|mlp|transformer|none), train_gfdm and
+backbone.
+
+Exit codes: 0 done; 2 bad input (a config key, a cache, a checkpoint, an output it cannot write or
+a full disk: one line naming it); 1 the run diverged (a NaN/Inf loss: one line naming the stage and
+step; the checkpoints written so far stay valid for --resume); 130 Ctrl-C, 143 SIGTERM (a checkpoint
+being written is removed, the ones before it stay).
 """
 from __future__ import annotations
 
@@ -31,13 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', metavar='RUN_DIR', help='continue the run in RUN_DIR from its latest checkpoint')
     p.add_argument('--gfdm', metavar='CKPT', help='finetune: GFDM stage export (e.g. runs/gfdm1/final)')
     p.add_argument('--gidm', metavar='CKPT', help='finetune: GIDM stage export')
+    p.add_argument('--set', dest='set_overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='a config override, like a key=value word (repeatable)')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. steps=200 optim.lr=3e-4')
     return p
 
 
 def resolve_config(args) -> tuple:
     """(TrainConfig, resume_dir) from parsed arguments."""
-    overrides = list(args.overrides)
+    overrides = list(getattr(args, 'set_overrides', [])) + list(args.overrides)
     if args.gfdm:
         overrides.append(f'gfdm_checkpoint={args.gfdm}')
     if args.gidm:
@@ -57,6 +65,9 @@ def resolve_config(args) -> tuple:
     return load_train_config(args.config, stage=args.stage, overrides=overrides), None
 
 
+EXIT_DIVERGED = 1      # not bad input: the same command may succeed with another lr or data
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -64,15 +75,26 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f'defi-train: {err}', file=sys.stderr)
         return 2
-    from defi_training.train import train
-    try:
-        export = train(cfg, resume=resume)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f'defi-train: {err}', file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":
-        print(export)
-    return 0
+    from dataclasses import replace
+
+    from defi_core.cli import run_cli
+    from defi_training.train import default_run_dir, train
+    if not resume and not cfg.out_dir:
+        # named here, so that a full disk's error (numpy and tensorboard give no path) can name it
+        cfg = replace(cfg, out_dir=default_run_dir(cfg.stage))
+
+    def body() -> int:
+        try:
+            export = train(cfg, resume=resume)
+        except FloatingPointError as err:          # a NaN/Inf loss, named by train()
+            print(f'defi-train: {err}', file=sys.stderr)
+            return EXIT_DIVERGED
+        if os.environ.get('RANK', '0') == '0':
+            print(export)
+        return 0
+    # bad input (a config key, a missing cache or checkpoint, a damaged file) and file-system
+    # errors (a read-only or full output) end with one line and exit 2, Ctrl-C with 130
+    return run_cli('defi-train', body, writing=resume or cfg.out_dir)
 
 
 def run() -> None:

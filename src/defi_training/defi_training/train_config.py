@@ -156,9 +156,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("config key 'model': expected a mapping like {preset: tiny}")
     from defi_core.config import PRESETS, DefiConfig    # ROS-free, cheap: fail before loading data
     known = {f.name for f in dataclasses.fields(DefiConfig)} - {'preset_name'}
-    for key in cfg.model:
+    from defi_core.config_types import field_type_error
+    for key, value in cfg.model.items():
         if key != 'preset' and key not in known:
             raise ConfigError(f'unknown config key {"model." + key!r} (not a field of defi_core DefiConfig)')
+        problem = field_type_error(key, value)     # before DefiConfig compares it with a number
+        if problem:
+            raise ConfigError(f'config key {"model." + key!r}: {problem}')
     if cfg.model.get('preset', 'tiny') not in PRESETS:
         raise ConfigError(f"config key 'model.preset': expected one of {sorted(PRESETS)}, got {cfg.model['preset']!r}")
     return cfg
