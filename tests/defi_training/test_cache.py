@@ -119,3 +119,24 @@ def test_parallel_build_keeps_input_order_and_content(bags, tmp_path):
         assert np.array_equal(one.frames(e, 'front'), two.frames(e, 'front'))
         assert np.array_equal(one.array(e, 'action'), two.array(e, 'action'))
     assert len(r1.skipped) == len(r2.skipped) == 1 and 'broken' in r2.skipped[0]['path']
+
+
+def test_nan_actions_name_the_episode_frame_and_column(tmp_path, capsys):
+    bad = _ep(task='nan')
+    bad.action[3, 1] = np.inf
+    bad.action_names = ['x', 'y', 'z', 'grip'][:bad.action.shape[1]]
+    write_cache([_ep(), bad], tmp_path / 'c', TopicMap(), report=Report())
+    err = capsys.readouterr().err
+    assert f'SKIPPED {bad.source}: action: NaN or infinite value at frame 3 (t=0.30 s), column 1 (y)' in err, err
+
+
+def test_a_cache_holding_nan_actions_is_refused_when_read(tmp_path):
+    c = write_cache([_ep(), _ep(task='b')], tmp_path / 'c', TopicMap(), report=Report(quiet=True))
+    path = c.path / 'episodes' / '000001' / 'action.npy'
+    arr = np.load(path)
+    arr[2, 0] = np.nan
+    np.save(path, arr)                      # written by something other than build-cache
+    c = EpisodeCache(c.path)
+    assert np.isfinite(c.array(0, 'action')).all()
+    with pytest.raises(ValueError, match=rf'^{path}: NaN or infinite value at frame 2, column 0 \(episode 1'):
+        c.array(1, 'action')

@@ -164,6 +164,15 @@ def _guess_fps(entries) -> float:
     return float(entries[0].get('fps', 10.0)) if entries else 10.0
 
 
+def _first_non_finite(arr: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of the first NaN/Inf in a [N, D] array, or None."""
+    finite = np.isfinite(arr)
+    if finite.all():
+        return None
+    row, col = np.argwhere(~finite)[0]
+    return int(row), int(col)
+
+
 def _check_episode(ep: Episode, ref: dict | None) -> str | None:
     """Why this episode cannot go into the cache, or None."""
     if ep.length < 1:
@@ -179,8 +188,13 @@ def _check_episode(ep: Episode, ref: dict | None) -> str | None:
         if arr is not None:
             if arr.ndim != 2 or arr.shape[0] != ep.length:
                 return f'{name}: shape {arr.shape} does not match [{ep.length}, D]'
-            if not np.all(np.isfinite(arr)):
-                return f'{name}: holds NaN or infinite values'
+            bad = _first_non_finite(arr)
+            if bad is not None:
+                row, col = bad
+                names = ep.state_names if name == 'observation.state' else ep.action_names
+                label = f' ({names[col]})' if col < len(names) else ''
+                return (f'{name}: NaN or infinite value at frame {row} '
+                        f'(t={float(ep.timestamps[row]):.2f} s), column {col}{label}')
     if ref is None:
         return None
     if list(ep.frames) != ref['cameras']:
@@ -327,7 +341,14 @@ class EpisodeCache:
                 raise KeyError(f'{self.path}: the cache has no observation.state')
             if name not in ('action', 'observation.state', 'timestamp'):
                 raise KeyError(f"unknown array {name!r} (action, observation.state, timestamp)")
-            arr = _load_npy(self._dir(e) / f'{name}.npy')
+            path = self._dir(e) / f'{name}.npy'
+            arr = _load_npy(path)
+            # build-cache skips such episodes; a cache written otherwise would train on NaN
+            bad = _first_non_finite(arr.reshape(len(arr), -1)) if name != 'timestamp' else None
+            if bad is not None:
+                raise ValueError(f'{path}: NaN or infinite value at frame {bad[0]}, column {bad[1]} '
+                                 f'(episode {e}, source {self.meta["episodes"][e].get("source", "?")}); '
+                                 'the cache is damaged: build it again')
             self._arrays[key] = arr
         return arr
 
