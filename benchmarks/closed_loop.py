@@ -2,11 +2,13 @@
 
     python benchmarks/closed_loop.py [--quick] [--seconds S] [--task reach-v3] [--out FILE]
 
-Two real processes on their own ROS_DOMAIN_ID, as `launch/sim.launch.py` starts them:
+Two real processes on their own ROS_DOMAIN_ID, with the parameters `ros2 launch defi_bringup
+sim.launch.py` gives them (defi_sim.stack: the installed sim.yaml and defi_sim.yaml, images and
+cameras from the checkpoint) plus this benchmark's overrides:
   defi_sim_node  REAL-TIME mode (physics on a wall-clock timer, the robot keeps moving while the
-                 next chunk is computed), config/sim.yaml + the task, images at the checkpoint's size;
-  defi_bringup   the shipped checkpoint (models/defi_metaworld) with config/defi_sim.yaml
-                 (passthrough executor on defi/action_command at its control_rate_hz).
+                 next chunk is computed), the task, an endless episode;
+  defi_bringup   the shipped checkpoint (models/defi_metaworld), passthrough executor on
+                 defi/action_command at defi_sim.yaml's control_rate_hz.
 This process (the "operator") sends one ExecuteInstruction goal, like evaluate_ros.py, and records
 for N seconds what the executor actually sends to the robot:
   - command rate on defi/action_command (instantaneous rate = 1 / gap; overall commands/s) vs the
@@ -58,27 +60,22 @@ def read_yaml(path: Path) -> dict:
         raise SystemExit(f'closed_loop: cannot read {path}: {exc}') from None
 
 
-def param_files(work: Path, args, image_size: int) -> tuple:
-    """Override files laid over the shipped config/sim.yaml and config/defi_sim.yaml."""
-    import yaml
-    sim = {'defi_sim_node': {'ros__parameters': {
-        'mode': 'realtime', 'task': args.task, 'seed': 1000,
-        'image_width': image_size, 'image_height': image_size,
-        'max_episode_steps': 0}}}          # 0 = endless: the camera must not stop mid-measurement
+def sim_stack(work: Path, args):
+    """The shared "sim + bringup" parameters (defi_sim.stack) with this benchmark's overrides."""
+    from defi_sim.stack import write_sim_stack
+    sim = {'mode': 'realtime', 'task': args.task, 'seed': 1000,
+           'max_episode_steps': 0}          # 0 = endless: the camera must not stop mid-measurement
     executor = {'output_mode': 'passthrough', 'command_topic': COMMAND_TOPIC, 'start_enabled': False}
     if args.control_rate_hz:
         executor['control_rate_hz'] = float(args.control_rate_hz)
     bringup = {
-        '/**': {'ros__parameters': {'checkpoint': str(Path(args.checkpoint).resolve()),
-                                    'torch_threads': int(args.torch_threads)}},
-        'chunk_executor': {'ros__parameters': executor},
-        'execute_instruction_server': {'ros__parameters': {'success_topic': UNUSED_SUCCESS_TOPIC}},
+        '/**': {'torch_threads': int(args.torch_threads)},
+        'chunk_executor': executor,
+        'execute_instruction_server': {'success_topic': UNUSED_SUCCESS_TOPIC},
     }
     if args.control_rate_hz:
-        bringup['forward_predictor'] = {'ros__parameters': {'control_rate_hz': float(args.control_rate_hz)}}
-    (work / 'sim_override.yaml').write_text(yaml.safe_dump(sim, sort_keys=False))
-    (work / 'bringup_override.yaml').write_text(yaml.safe_dump(bringup, sort_keys=False))
-    return work / 'sim_override.yaml', work / 'bringup_override.yaml'
+        bringup['forward_predictor'] = {'control_rate_hz': float(args.control_rate_hz)}
+    return write_sim_stack(work, args.checkpoint, sim=sim, bringup=bringup)
 
 
 class Child(ChildProcess):
@@ -245,10 +242,12 @@ def run(args) -> dict:
     import rclpy
     from defi_sim.tasks import instruction_for
 
+    from defi_sim.stack import DEFI_PARAMS, SIM_PARAMS, config_path
+
     ckpt_cfg = read_yaml(Path(args.checkpoint) / 'config.json').get('config', {})
     image_size = int(ckpt_cfg.get('image_size', 64))
-    sim_cfg = read_yaml(ROOT / 'config' / 'sim.yaml')['defi_sim_node']['ros__parameters']
-    bringup_cfg = read_yaml(ROOT / 'config' / 'defi_sim.yaml')
+    sim_cfg = read_yaml(config_path(SIM_PARAMS))['defi_sim_node']['ros__parameters']
+    bringup_cfg = read_yaml(config_path(DEFI_PARAMS))
     camera = str(sim_cfg['cameras'][0]).split('=')[0]
     rate = float(args.control_rate_hz or bringup_cfg['chunk_executor']['ros__parameters']['control_rate_hz'])
     period = 1.0 / rate
@@ -261,15 +260,15 @@ def run(args) -> dict:
                'load_average_1min_at_start': round(os.getloadavg()[0], 2)}
 
     work = Path(tempfile.mkdtemp(prefix='defi_closed_loop_'))
-    sim_over, bringup_over = param_files(work, args, image_size)
+    stack = sim_stack(work, args)
     children, recorder, context, handle = [], None, None, None
     peak_rss = {'defi_bringup': 0.0, 'defi_sim_node': 0.0}
     try:
-        children.append(Child('defi_sim_node', 'defi_sim.sim_node', [ROOT / 'config' / 'sim.yaml', sim_over],
+        children.append(Child('defi_sim_node', 'defi_sim.sim_node', stack.sim_params,
                               work / 'sim_node.log', ['warn']))
         # the executor's stop reasons are logged at info; everything else stays at warn
         children.append(Child('defi_bringup', 'defi_policy.bringup',
-                              [ROOT / 'config' / 'defi_sim.yaml', bringup_over], work / 'bringup.log',
+                              stack.bringup_params, work / 'bringup.log',
                               ['warn', 'chunk_executor:=info']))
         sim, bringup = children
         context = rclpy.Context()
@@ -368,7 +367,7 @@ def main():
     ap.add_argument('--task', default='reach-v3')
     ap.add_argument('--checkpoint', default=str(ROOT / 'models' / 'defi_metaworld'))
     ap.add_argument('--control-rate-hz', type=float, default=0.0,
-                    help='executor and predictor rate; 0 = config/defi_sim.yaml')
+                    help='executor and predictor rate; 0 = defi_sim.yaml (share/defi_sim/config)')
     ap.add_argument('--torch-threads', type=int, default=1)
     ap.add_argument('--settle', type=float, default=2.0, help='seconds after the first command before measuring')
     ap.add_argument('--startup-timeout', type=float, default=120.0)

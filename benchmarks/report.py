@@ -87,7 +87,8 @@ def closed_loop_section(r):
     killed = r.get('killed_after_sigint') or []
     return ['## Closed loop: control rate with async execution, bringup memory', provenance(r), '',
             f"`defi_sim_node` (real time, {r['task']}) and `defi_bringup` ({r['checkpoint']}, "
-            f"config/defi_sim.yaml) as two processes, one ExecuteInstruction goal, {fmt(r['seconds'], 0)} s "
+            "the sim stack: share/defi_sim/config/sim.yaml + defi_sim.yaml) as two processes, "
+            f"one ExecuteInstruction goal, {fmt(r['seconds'], 0)} s "
             f"measured on `defi/action_command`; load average {r.get('load_average_1min_at_start')} -> "
             f"{r.get('load_average_1min_at_end')}.", '',
             '| figure | value |', '|---|---|',

@@ -1,19 +1,29 @@
-"""Static checks of launch/*.launch.py and config/*.yaml (launch_ros cannot run here).
+"""Checks of defi_bringup's launch files and the ROS parameter files (launch_ros cannot run here).
 
-Each launch file parses; every executable it starts exists in its package's console_scripts;
-every params file exists and names only parameters the node really declares; the DeFI nodes load
-their YAML files through rclpy's own --params-file handling with the declared types.
+Static: each launch file parses, finds its files through FindPackageShare (never __file__), every
+executable it starts exists in its package's console_scripts, every file it references is
+installed by colcon, and every parameter name in it is a parameter its node declares.
+Run against stand-ins of launch/launch_ros (tests/launch_stubs.py): launch arguments override the
+params file only when given, and sim.launch.py, defi-eval --mode ros and closed_loop.py share one
+parameter description (defi_sim.stack) whose files real rclpy nodes load with the declared types.
 """
 import ast
 import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch_stubs  # noqa: E402
+
+BRINGUP = ROOT / 'src' / 'defi_bringup'
+LAUNCH_FILES = sorted((BRINGUP / 'launch').glob('*.launch.py'))
+INSTALL = ROOT / 'install'
+CHECKPOINT = ROOT / 'models' / 'defi_metaworld'
 EXTERNAL_EXECUTABLES = {('rviz2', 'rviz2')}      # not ours: installed with ROS 2 itself
 BUILTIN_PARAMS = {'use_sim_time'}
 
@@ -71,9 +81,18 @@ def launched_nodes(tree):
     return out
 
 
-def yaml_names(node):
-    return [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)
-            and isinstance(c.value, str) and c.value.endswith('.yaml')]
+def share_files(tree):
+    """(package, relative path) of every PathJoinSubstitution([FindPackageShare('pkg'), 'a', 'b'])."""
+    out = []
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, 'id', '') == 'PathJoinSubstitution':
+            parts = call.args[0].elts
+            head = parts[0]
+            assert isinstance(head, ast.Call) and head.func.id == 'FindPackageShare', \
+                'a path must start at FindPackageShare(<package>)'
+            assert all(isinstance(p, ast.Constant) for p in parts[1:])
+            out.append((head.args[0].value, '/'.join(p.value for p in parts[1:])))
+    return out
 
 
 def check_params_file(path: Path, allowed_nodes, declared):
@@ -81,25 +100,46 @@ def check_params_file(path: Path, allowed_nodes, declared):
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict) and data, f'{path}: empty'
     for node_name, section in data.items():
-        assert node_name in allowed_nodes, f'{path.name}: section {node_name!r} is not a node of {allowed_nodes}'
+        assert node_name in allowed_nodes or node_name == '/**', \
+            f'{path.name}: section {node_name!r} is not a node of {allowed_nodes}'
         assert list(section) == ['ros__parameters'], f'{path.name}: {node_name} needs ros__parameters'
-        unknown = set(section['ros__parameters']) - declared[node_name]
+        names = set(section['ros__parameters'])
+        if node_name == '/**':   # a wildcard must reach at least one node that declares the name
+            unknown = {n for n in names if not any(n in declared[a] for a in allowed_nodes)}
+        else:
+            unknown = names - declared[node_name]
         assert not unknown, f'{path.name}: {node_name} has no parameter(s) {sorted(unknown)}'
 
 
 def test_there_are_launch_files():
-    names = {p.name for p in LAUNCH_FILES}
-    assert {'defi.launch.py', 'sim.launch.py', 'record.launch.py'} <= names
+    assert {p.name for p in LAUNCH_FILES} == {'robot.launch.py', 'sim.launch.py', 'record.launch.py'}
+    assert not (ROOT / 'launch').exists(), 'launch files belong to src/defi_bringup/launch'
+
+
+def test_bringup_installs_its_files():
+    """colcon installs every launch, params and RViz file of defi_bringup (setup.py data_files)."""
+    share = INSTALL / 'defi_bringup' / 'share' / 'defi_bringup'
+    for sub in ('launch', 'config', 'rviz'):
+        sources = sorted(p.name for p in (BRINGUP / sub).iterdir())
+        assert sources, sub
+        for name in sources:
+            assert (share / sub / name).is_file(), f'{sub}/{name} is not installed (run scripts/setup.sh)'
+    sim_share = INSTALL / 'defi_sim' / 'share' / 'defi_sim' / 'config'
+    for name in ('sim.yaml', 'defi_sim.yaml'):
+        assert (sim_share / name).is_file(), name
 
 
 @pytest.mark.parametrize('launch_file', LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_executables_and_params(launch_file):
-    tree = ast.parse(launch_file.read_text(), filename=str(launch_file))
+def test_launch_file_executables_files_and_params(launch_file):
+    text = launch_file.read_text()
+    assert '__file__' not in text, 'find files through the package share, not __file__'
+    tree = ast.parse(text, filename=str(launch_file))
     assert any(isinstance(n, ast.FunctionDef) and n.name == 'generate_launch_description'
                for n in tree.body)
     declared = node_params()
     nodes = launched_nodes(tree)
     assert nodes, f'{launch_file.name} starts no Node'
+    process_nodes = set()
     for package, executable, params in nodes:
         if (package, executable) in EXTERNAL_EXECUTABLES:
             continue
@@ -107,43 +147,163 @@ def test_launch_file_executables_and_params(launch_file):
         assert scripts is not None, f'{launch_file.name}: package {package!r} is not in src/'
         assert executable in scripts, f'{launch_file.name}: {package} has no executable {executable!r}'
         allowed = EXECUTABLE_NODES[executable]
+        process_nodes.update(allowed)
         if params is None:
             continue
-        for name in yaml_names(params):
-            check_params_file(ROOT / 'config' / name, allowed, declared)
         # inline overrides {'name': ...} must be a parameter of at least one node of the process
         for d in (n for n in ast.walk(params) if isinstance(n, ast.Dict)):
             for key in d.keys:
                 assert isinstance(key, ast.Constant)
                 assert any(key.value in declared[n] for n in allowed), \
                     f'{launch_file.name}: {executable} has no parameter {key.value!r}'
-    # every params_file default named through a variable resolves too
-    for name in yaml_names(tree):
-        assert (ROOT / 'config' / name).exists(), f'{launch_file.name}: config/{name} missing'
+    for package, rel in share_files(tree):
+        installed = INSTALL / package / 'share' / package / rel
+        assert installed.is_file(), f'{launch_file.name}: {installed} is not installed'
+        if rel.endswith('.yaml'):
+            check_params_file(installed, sorted(process_nodes), declared)
+    # launch arguments that set node parameters name real ones
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', '') == 'PARAMETER_ARGUMENTS':
+            for name in ast.literal_eval(node.value):
+                assert any(name in declared[n] for n in process_nodes), name
 
 
-@pytest.mark.parametrize('name', ['defi_robot.yaml', 'defi_sim.yaml'])
-def test_defi_params_files_load_with_declared_types(name, tmp_path):
-    """Real nodes read the YAML through --params-file: wrong types would raise here."""
+def load_launch(name):
+    return launch_stubs.load(BRINGUP / 'launch' / name)
+
+
+def params_of(nodes, executable):
+    (node,) = [n for n in nodes if n.kwargs['executable'] == executable]
+    return node.kwargs['parameters']
+
+
+def test_robot_launch_arguments_override_only_when_given():
+    """No argument given: the params file alone (its dry_run, output_mode and camera topics hold);
+    given ones are added as typed overrides."""
+    module = load_launch('robot.launch.py')
+    default_file = str(INSTALL / 'defi_bringup' / 'share' / 'defi_bringup' / 'config' / 'defi_robot.yaml')
+    for composed in ('true', 'false'):
+        nodes = launch_stubs.run(module, {'composed': composed})
+        started = [n for n in nodes if n.enabled]
+        assert len(started) == (1 if composed == 'true' else 5)
+        for node in started:
+            assert node.kwargs['parameters'] == [default_file]
+    nodes = launch_stubs.run(module, {'dry_run': 'true', 'camera_topics': "['a/image_raw', 'b/image_raw']",
+                                      'checkpoint': '123', 'params_file': '/x.yaml'})
+    assert params_of(nodes, 'defi_bringup') == [
+        '/x.yaml', {'checkpoint': '123', 'camera_topics': ['a/image_raw', 'b/image_raw'], 'dry_run': True}]
+
+
+def test_record_launch_out_dir_only_when_given():
+    module = load_launch('record.launch.py')
+    default_file = str(INSTALL / 'defi_bringup' / 'share' / 'defi_bringup' / 'config' / 'defi_record.yaml')
+    assert params_of(launch_stubs.run(module, {}), 'defi-record') == [default_file]
+    assert params_of(launch_stubs.run(module, {'out_dir': 'bags'}), 'defi-record') == [
+        default_file, {'out_dir': 'bags'}]
+
+
+def sim_node_config(files):
+    """SimNodeConfig as defi_sim_node reads it from these params files (without building the sim)."""
+    import rclpy
+    from defi_sim.sim_node import SimNodeConfig
+    from rclpy.node import Node
+    args = ['--ros-args']
+    for f in files:
+        args += ['--params-file', str(f)]
+    ctx = rclpy.Context()
+    rclpy.init(args=args, context=ctx)
+    try:
+        node = Node('defi_sim_node', context=ctx)
+        try:
+            for name, value in vars(SimNodeConfig()).items():
+                node.declare_parameter(name, value)
+            return SimNodeConfig(**{n: node.get_parameter(n).value for n in vars(SimNodeConfig())})
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def bringup_values(files) -> dict:
+    """node name -> parameter values of the DeFI nodes started with these params files."""
     import rclpy
     from defi_perception.forward_predictor_node import ForwardPredictorNode
     from defi_policy.action_decoder_node import ActionDecoderNode
+    from defi_policy.bringup import BringupParams
     from defi_policy.chunk_executor_node import ChunkExecutorNode
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
     from defi_policy.latent_action_encoder_node import LatentActionEncoderNode
-    path = ROOT / 'config' / name
-    data = yaml.safe_load(path.read_text())
+    from defi_perception.params import declare_params
+    from rclpy.node import Node
+    args = ['--ros-args']
+    for f in files:
+        args += ['--params-file', str(f)]
     ctx = rclpy.Context()
-    rclpy.init(args=['--ros-args', '--params-file', str(path)], context=ctx)
+    rclpy.init(args=args, context=ctx)
+    out = {}
     try:
+        bringup = Node('defi_bringup', context=ctx)
+        out['defi_bringup'] = dataclasses.asdict(declare_params(bringup, BringupParams))
+        bringup.destroy_node()
         for cls in (ForwardPredictorNode, LatentActionEncoderNode, ActionDecoderNode,
                     ChunkExecutorNode, ExecuteInstructionServer):
             node = cls(context=ctx)
-            try:
-                values = dataclasses.asdict(node.params)
-                for key, expected in data.get(node.get_name(), {}).get('ros__parameters', {}).items():
-                    assert values[key] == expected, (name, node.get_name(), key)
-            finally:
-                node.destroy_node()
+            out[node.get_name()] = dataclasses.asdict(node.params)
+            node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+    return out
+
+
+def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size():
+    """sim.launch.py: the installed base files, then the checkpoint's values: the sim renders at
+    the checkpoint's 64 px, the predictor reads its camera, the decoder names the sim's actions."""
+    module = load_launch('sim.launch.py')
+    nodes = launch_stubs.run(module, {'checkpoint': str(CHECKPOINT), 'task': 'reach-v3'})
+    sim_files, bringup_files = params_of(nodes, 'defi_sim_node'), params_of(nodes, 'defi_bringup')
+    share = INSTALL / 'defi_sim' / 'share' / 'defi_sim' / 'config'
+    assert Path(sim_files[0]) == share / 'sim.yaml' and Path(bringup_files[0]) == share / 'defi_sim.yaml'
+    declared = node_params()
+    for f in sim_files:
+        check_params_file(Path(f), EXECUTABLE_NODES['defi_sim_node'], declared)
+    for f in bringup_files:
+        check_params_file(Path(f), EXECUTABLE_NODES['defi_bringup'], declared)
+    cfg = sim_node_config(sim_files)
+    assert (cfg.image_width, cfg.image_height, cfg.task, cfg.mode) == (64, 64, 'reach-v3', 'realtime')
+    values = bringup_values(bringup_files)
+    assert values['defi_bringup']['checkpoint'] == str(CHECKPOINT.resolve())
+    assert values['forward_predictor']['camera_topics'] == ['camera/front/image_raw']
+    assert values['action_decoder']['action_names'] == ['dx', 'dy', 'dz', 'gripper']
+    assert values['chunk_executor']['output_mode'] == 'passthrough'
+    assert values['execute_instruction_server']['success_topic'] == 'sim/success'
+
+
+def test_eval_ros_parameters_are_the_stack_plus_its_overrides(tmp_path):
+    """defi-eval --mode ros: the same base files; its overrides (lockstep, sim time, rates, threads)
+    reach the nodes, and '/**' values beat the base file's defi_bringup section."""
+    from defi_sim.evaluate import EvalConfig
+    from defi_sim.evaluate_ros import _write_stack
+    config = EvalConfig(tasks=('button-press-topdown-v3',), max_steps=200)
+    stack = _write_stack(tmp_path, CHECKPOINT, config, chunk_dt=0.025, threads=2)
+    share = INSTALL / 'defi_sim' / 'share' / 'defi_sim' / 'config'
+    assert [Path(stack.sim_params[0]), Path(stack.bringup_params[0])] == [share / 'sim.yaml', share / 'defi_sim.yaml']
+    cfg = sim_node_config(stack.sim_params)
+    assert (cfg.image_width, cfg.mode, cfg.max_episode_steps, cfg.cameras) == (64, 'lockstep', 200, ['front=corner'])
+    values = bringup_values(stack.bringup_params)
+    assert values['defi_bringup']['torch_threads'] == 2           # base file says 1
+    assert values['forward_predictor']['control_rate_hz'] == pytest.approx(40.0)
+    assert values['forward_predictor']['preview_rate_hz'] == 0.0
+    assert values['action_decoder']['action_names'] == ['dx', 'dy', 'dz', 'gripper']
+    assert values['chunk_executor']['start_enabled'] is False
+
+
+@pytest.mark.parametrize('path', [BRINGUP / 'config' / 'defi_robot.yaml',
+                                  ROOT / 'src' / 'defi_sim' / 'config' / 'defi_sim.yaml'],
+                         ids=lambda p: p.name)
+def test_defi_params_files_load_with_declared_types(path):
+    """Real nodes read the YAML through --params-file: wrong types would raise here."""
+    data = yaml.safe_load(path.read_text())
+    values = bringup_values([path])
+    for node_name, section in data.items():
+        for key, expected in section['ros__parameters'].items():
+            assert values[node_name][key] == expected, (path.name, node_name, key)

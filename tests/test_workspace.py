@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ['defi_core', 'defi_msgs', 'defi_perception', 'defi_policy', 'defi_training', 'defi_sim']
+PACKAGES = ['defi_core', 'defi_msgs', 'defi_perception', 'defi_policy', 'defi_training', 'defi_sim',
+            'defi_bringup']
 ROS_FREE = ['defi_core', 'defi_training']
 
 

@@ -9,6 +9,8 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
+        # the sim node's and the DeFI nodes' parameters against the sim (defi_sim.stack)
+        ('share/' + PACKAGE + '/config', ['config/sim.yaml', 'config/defi_sim.yaml']),
     ],
     install_requires=['setuptools'],
     zip_safe=False,

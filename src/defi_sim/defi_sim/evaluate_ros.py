@@ -18,40 +18,30 @@ from defi_core.image_codec import decode_image  # noqa: E402
 
 from defi_sim.evaluate import (CONTROL_DT_S, EpisodePictures, EvalConfig,  # noqa: E402
                                _observation, _predict_frames, checkpoint_chunk_dt, checkpoint_dir,
-                               load_eval_policy, picture_indices, sim_cameras_for)
+                               load_eval_policy, picture_indices)
+from defi_sim.stack import write_sim_stack  # noqa: E402
 from defi_sim.tasks import instruction_for  # noqa: E402
 
 __all__ = ['run_ros', 'BRINGUP_FAILED_MARK', 'ChildProcess']
 
 
-def _ros_params(checkpoint, policy_cfg, config: EvalConfig, chunk_dt: float, threads: int) -> tuple:
-    """(sim node, defi_bringup) --params-file contents: lockstep on sim time, passthrough output."""
-    import yaml
+def _write_stack(work: Path, checkpoint, config: EvalConfig, chunk_dt: float, threads: int):
+    """The shared "sim + bringup" parameters (defi_sim.stack: the installed sim.yaml and
+    defi_sim.yaml) with this run's overrides: lockstep on sim time, the episode's task and length,
+    the observation rate for the predictor and the executor, the goal ends each episode."""
     rate = 1.0 / config.observation_period_s
-    cameras = sim_cameras_for(policy_cfg.cameras, config.cameras)
-    sim = {
-        'defi_sim_node': {'ros__parameters': {
-            'mode': 'lockstep', 'cameras': list(cameras), 'image_width': int(policy_cfg.image_size),
-            'image_height': int(policy_cfg.image_size), 'task': config.tasks[0], 'seed': int(config.seed),
-            'steps_per_observation': int(config.steps_per_observation),
-            'max_episode_steps': int(config.max_steps), 'lockstep_timeout_s': 0.5}}}
+    sim = {'mode': 'lockstep', 'task': config.tasks[0], 'seed': int(config.seed),
+           'steps_per_observation': int(config.steps_per_observation),
+           'max_episode_steps': int(config.max_steps), 'lockstep_timeout_s': 0.5}
     bringup = {
-        # every DeFI node follows the sim's /clock, so stamps, ages and control timers agree; every
-        # node gets the checkpoint (used only if defi_bringup's shared load failed: it then says why)
-        '/**': {'ros__parameters': {
-            'use_sim_time': True, 'checkpoint': str(checkpoint), 'torch_threads': int(threads)}},
-        'forward_predictor': {'ros__parameters': {
-            'camera_topics': [f'camera/{v}/image_raw' for v in policy_cfg.cameras],
-            'control_rate_hz': rate, 'preview_rate_hz': 0.0, 'max_age_s': 1.0}},
-        'action_decoder': {'ros__parameters': {'action_dt': float(chunk_dt),
-                                               'action_names': ['dx', 'dy', 'dz', 'gripper'],
-                                               'max_age_s': 1.0}},
-        'chunk_executor': {'ros__parameters': {
-            'output_mode': 'passthrough', 'control_rate_hz': rate,
-            'action_min': [-1.0], 'action_max': [1.0], 'max_age_s': 1.0, 'start_enabled': False}},
-        'execute_instruction_server': {'ros__parameters': {'default_timeout_s': 3600.0}},
+        # every DeFI node follows the sim's /clock, so stamps, ages and control timers agree
+        '/**': {'use_sim_time': True, 'torch_threads': int(threads)},
+        'forward_predictor': {'control_rate_hz': rate, 'preview_rate_hz': 0.0},
+        'action_decoder': {'action_dt': float(chunk_dt)},
+        'chunk_executor': {'control_rate_hz': rate, 'start_enabled': False},
+        'execute_instruction_server': {'default_timeout_s': 3600.0},
     }
-    return yaml.safe_dump(sim, sort_keys=False), yaml.safe_dump(bringup, sort_keys=False)
+    return write_sim_stack(work, checkpoint, sim=sim, bringup=bringup, cameras=config.cameras)
 
 
 BRINGUP_FAILED_MARK = 'not started:'   # defi_bringup logs this when a node's configure failed
@@ -234,15 +224,11 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
         config = EvalConfig(**{**config.__dict__, 'action_dt_s': chunk_dt})
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='defi_eval_ros_'))
     work.mkdir(parents=True, exist_ok=True)
-    sim_params, bringup_params = _ros_params(checkpoint.resolve(), policy_cfg, config, chunk_dt, threads)
-    (work / 'sim_params.yaml').write_text(sim_params)
-    (work / 'bringup_params.yaml').write_text(bringup_params)
+    stack = _write_stack(work, checkpoint.resolve(), config, chunk_dt, threads)
     env = dict(os.environ)
     env.setdefault('MUJOCO_GL', 'egl')
     env['OMP_NUM_THREADS'] = str(max(1, threads))
 
-    def ros_args(params_file):
-        return ['--ros-args', '--params-file', str(work / params_file), '--log-level', 'warn']
     control_dt_ns = int(round(CONTROL_DT_S * 1e9))
     wall_budget = episode_timeout_s or max(30.0, config.max_steps * 0.2)
 
@@ -253,9 +239,9 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     episodes, pictures = [], {}
     recording = {'on': False}
     try:
-        procs.append(ChildProcess('defi_sim_node', [sys.executable, '-m', 'defi_sim.sim_node'] + ros_args('sim_params.yaml'),
+        procs.append(ChildProcess('defi_sim_node', stack.sim_argv(sys.executable, ['warn']),
                                   work / 'sim_node.log', env))
-        procs.append(ChildProcess('defi_bringup', [sys.executable, '-m', 'defi_policy.bringup'] + ros_args('bringup_params.yaml'),
+        procs.append(ChildProcess('defi_bringup', stack.bringup_argv(sys.executable, ['warn']),
                                   work / 'bringup.log', env))
         orch = _Orchestrator(context, policy_cfg.cameras[0], lambda: recording['on'])
         node = orch.node

@@ -20,15 +20,23 @@ import yaml
 
 from defi_sim.tasks import EVAL_SEED_OFFSET, canonical_task_name
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / 'config' / 'sim.yaml'
+DEFAULT_CONFIG = 'share/defi_sim/config/sim.yaml'    # installed by this package (defi_sim.stack)
+
+
+def _default_config() -> Path | None:
+    from defi_sim.stack import SIM_PARAMS, config_path
+    try:
+        return config_path(SIM_PARAMS)
+    except LookupError:      # not built/installed: the dataclass defaults
+        return None
 
 
 def load_sim_parameters(path: str | Path | None) -> dict:
     """The `defi_sim_node: ros__parameters:` mapping of a ROS parameter YAML file ({} if none)."""
     if path is None:
-        if not DEFAULT_CONFIG.is_file():
+        path = _default_config()
+        if path is None or not path.is_file():
             return {}
-        path = DEFAULT_CONFIG
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text()) or {}

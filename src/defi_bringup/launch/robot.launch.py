@@ -1,0 +1,70 @@
+"""DeFI on a robot: `ros2 launch defi_bringup robot.launch.py checkpoint:=/path/to/ckpt`.
+
+Parameters come from params_file (default: this package's config/defi_robot.yaml). A launch argument
+below overrides the file's value only when it is given on the command line.
+composed:=true (default) runs every component in ONE process (defi_bringup: one model, the three
+model stages fused in one worker); composed:=false runs each node as its own process (each loads
+the model; the stages talk through their topics).
+"""
+import yaml
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+# launch argument = node parameter of the same name; '' (the default) = keep the params file's value
+PARAMETER_ARGUMENTS = {
+    'checkpoint': 'checkpoint directory',
+    'camera_topics': "camera topics, one per checkpoint camera (YAML list, e.g. \"['camera/image_raw']\")",
+    'output_mode': 'twist | joint_trajectory | passthrough',
+    'dry_run': 'true: compute everything, command nothing',
+}
+STRING_ARGUMENTS = ('checkpoint', 'output_mode')   # taken as given, never YAML-parsed
+
+
+def given_overrides(context) -> dict:
+    """{parameter: value} of the parameter arguments given on the command line."""
+    out = {}
+    for name in PARAMETER_ARGUMENTS:
+        text = LaunchConfiguration(name).perform(context)
+        if text != '':
+            out[name] = text if name in STRING_ARGUMENTS else yaml.safe_load(text)
+    return out
+
+
+def launch_setup(context, *args, **kwargs):
+    params = [LaunchConfiguration('params_file').perform(context)]
+    overrides = given_overrides(context)
+    if overrides:
+        params.append(overrides)
+    composed = LaunchConfiguration('composed')
+    return [
+        # no `name=` here: it would rename every node inside the one process
+        Node(package='defi_policy', executable='defi_bringup', output='screen',
+             parameters=params, condition=IfCondition(composed)),
+        Node(package='defi_perception', executable='forward_predictor_node', output='screen',
+             parameters=params, condition=UnlessCondition(composed)),
+        Node(package='defi_policy', executable='latent_action_encoder_node', output='screen',
+             parameters=params, condition=UnlessCondition(composed)),
+        Node(package='defi_policy', executable='action_decoder_node', output='screen',
+             parameters=params, condition=UnlessCondition(composed)),
+        Node(package='defi_policy', executable='chunk_executor_node', output='screen',
+             parameters=params, condition=UnlessCondition(composed)),
+        Node(package='defi_policy', executable='execute_instruction_server', output='screen',
+             parameters=params, condition=UnlessCondition(composed)),
+    ]
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        *[DeclareLaunchArgument(name, default_value='', description=f'{text} (default: params_file)')
+          for name, text in PARAMETER_ARGUMENTS.items()],
+        DeclareLaunchArgument('composed', default_value='true',
+                              description='one process (defi_bringup) or one process per node'),
+        DeclareLaunchArgument(
+            'params_file', description='ROS parameter file, one section per node name',
+            default_value=PathJoinSubstitution([FindPackageShare('defi_bringup'), 'config', 'defi_robot.yaml'])),
+        OpaqueFunction(function=launch_setup),
+    ])
