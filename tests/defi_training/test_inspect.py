@@ -53,3 +53,12 @@ def test_inspect_video_lerobot_cache_folder_and_errors(tmp_path):
     assert proc.returncode == 1
     res = json.loads(proc.stdout)
     assert 'error' in res[0] and res[1]['error'] == 'does not exist'
+
+
+def test_inspect_exits_1_when_an_item_inside_a_folder_fails(tmp_path):
+    write_synthetic_bag(tmp_path / 'data' / 'good', duration_s=1.0, image_size=16)
+    (tmp_path / 'data' / 'sub').mkdir()
+    (tmp_path / 'data' / 'sub' / 'broken.mp4').write_bytes(b'junk')
+    proc = _cli('inspect', tmp_path / 'data')
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'broken.mp4' in proc.stdout and 'ERROR' in proc.stdout and '/camera/front/image_raw' in proc.stdout

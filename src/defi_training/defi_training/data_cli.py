@@ -58,7 +58,12 @@ def _cmd_inspect(args) -> int:
     else:
         for r in results:
             format_inspection(r, sys.stdout)
-    return 1 if any('error' in r for r in results) else 0
+    return 1 if any(_failed(r) for r in results) else 0
+
+
+def _failed(result: dict) -> bool:
+    """An input, or any item inside a folder, that could not be read."""
+    return 'error' in result or any(_failed(item) for item in result.get('items', ()))
 
 
 def _cmd_build_cache(args) -> int:
