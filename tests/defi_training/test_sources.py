@@ -1,4 +1,6 @@
 """Data config (topic map) loading and source discovery over mixed inputs."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,23 @@ def test_discovery_and_mixed_sources(tmp_path):
     eps = list(iter_episodes([tmp_path / 'data'], tm, Report(quiet=True)))
     assert len(eps) == 2 and all(e.action is None for e in eps)
     assert {e.frames['front'].shape[1:] for e in eps} == {(16, 16, 3)}
+
+
+def test_loose_bag_files_in_a_folder_are_read_and_named(tmp_path, capsys):
+    # storage files copied out of their bag folders (no metadata.yaml), as outside data often comes
+    loose = tmp_path / 'loose'
+    loose.mkdir()
+    for name, storage in (('a', 'mcap'), ('b', 'sqlite3')):
+        bag = write_synthetic_bag(tmp_path / name, storage=storage, duration_s=1.0, image_size=16, seed=len(name))
+        (storage_file,) = [f for f in Path(bag.path).iterdir() if f.suffix in ('.mcap', '.db3')]
+        storage_file.rename(loose / f'{name}{storage_file.suffix}')
+    (loose / 'c.mcap.zstd').write_bytes(b'\x28\xb5\x2f\xfd')
+    report = Report()
+    eps = list(iter_episodes([loose], TopicMap(image_size=16), report))
+    err = capsys.readouterr().err
+    assert sorted(Path(e.source).name for e in eps) == ['a.mcap', 'b.db3']
+    assert f'WARNING {loose}: 2 .mcap/.db3 file(s) without a metadata.yaml: each is read as a bag of its own' in err
+    assert f'SKIPPED {loose / "c.mcap.zstd"}: a zstd-compressed bag file' in err
+    report = Report(quiet=True)
+    expand_inputs([loose / 'c.mcap.zstd'], report)
+    assert report.skipped[0]['reason'].startswith('a zstd-compressed bag file')

@@ -136,6 +136,7 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
             'tasks': sorted({e['task'] for e in entries}),
             'episodes': entries,
             'skipped': list(report.skipped),
+            'warnings': list(report.warnings),
             'sources': [str(s) for s in (sources or [])],
             'topic_map': tm,
             'build_seconds': round(time.perf_counter() - t0, 3),

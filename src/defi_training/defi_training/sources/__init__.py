@@ -17,6 +17,10 @@ from ..topic_map import TopicMap
 __all__ = ['Episode', 'Report', 'detect_kind', 'iter_episodes', 'expand_inputs', 'VIDEO_SUFFIXES']
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.avi', '.mkv', '.mov')
+BAG_FILE_SUFFIXES = ('.mcap', '.db3')
+_COMPRESSED_BAG_FILE = ('.mcap.zstd', '.db3.zstd')
+_COMPRESSED_WHY = ('a zstd-compressed bag file, readable only through its bag folder (metadata.yaml '
+                   'says how it was compressed): pass that folder, or decompress it (zstd -d)')
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Report:
         self.quiet = quiet
         self.skipped: list[dict] = []
         self.notes: list[str] = []
+        self.warnings: list[dict] = []
         self.episodes = 0
         self.frames = 0
 
@@ -56,9 +61,16 @@ class Report:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
+    def warn(self, path, reason: str) -> None:
+        """An input used, but not all of it or not as laid out (one printed line each)."""
+        self.warnings.append({'path': str(path), 'warning': str(reason)})
+        if not self.quiet:
+            print(f'WARNING {path}: {reason}', file=self.stream, flush=True)
+
     def summary(self) -> str:
+        warned = f', {len(self.warnings)} warning(s)' if self.warnings else ''
         return (f'{self.episodes} episodes, {self.frames} frames; '
-                f'{len(self.skipped)} input(s) skipped')
+                f'{len(self.skipped)} input(s) skipped{warned}')
 
 
 def _is_bag(p: Path) -> bool:
@@ -80,7 +92,7 @@ def detect_kind(path: str | Path) -> str:
         return 'cache'
     if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
         return 'video'
-    if p.is_file() and p.suffix.lower() in ('.mcap', '.db3'):
+    if p.is_file() and p.suffix.lower() in BAG_FILE_SUFFIXES:
         return 'rosbag'
     if p.is_dir():
         return 'folder'
@@ -107,12 +119,30 @@ def expand_inputs(paths, report: Report) -> list[tuple[str, Path]]:
                     found.append(('lerobot', sub))
                 elif sub.is_file() and sub.suffix.lower() in VIDEO_SUFFIXES:
                     found.append(('video', sub))
+                elif sub.is_file() and sub.suffix.lower() in BAG_FILE_SUFFIXES:
+                    found.append(('bag_file', sub))         # a bag file without its metadata.yaml
+                elif sub.is_file() and sub.name.lower().endswith(_COMPRESSED_BAG_FILE):
+                    found.append(('compressed', sub))
             # files inside a bag or a LeRobot dataset belong to it
             roots = [f for k, f in found if k in ('rosbag', 'lerobot')]
             found = [(k, f) for k, f in found if not any(r != f and r in f.parents for r in roots)]
             if not found:
                 report.skip(p, 'no rosbag2 bag, video file or LeRobot dataset found in this folder')
-            out.extend(found)
+            loose: dict[Path, int] = {}
+            for k, f in found:
+                if k == 'compressed':
+                    report.skip(f, _COMPRESSED_WHY)
+                    continue
+                if k == 'bag_file':
+                    loose[f.parent] = loose.get(f.parent, 0) + 1
+                    k = 'rosbag'
+                out.append((k, f))
+            for folder, n in loose.items():
+                # rosbag2 reads a storage file alone; a split recording then becomes n episodes
+                report.warn(folder, f'{n} .mcap/.db3 file(s) without a metadata.yaml: each is read as a '
+                                    'bag of its own')
+        elif p.is_file() and p.name.lower().endswith(_COMPRESSED_BAG_FILE):
+            report.skip(p, _COMPRESSED_WHY)
         else:
             report.skip(p, 'not a rosbag2 bag, a video file or a LeRobot dataset')
     return out
