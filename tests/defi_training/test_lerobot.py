@@ -186,3 +186,27 @@ def test_info_fps_is_an_int_when_integral(tmp_path):
     assert isinstance(info['features']['observation.images.front']['info']['video.fps'], int)
     info = json.loads((write_lerobot(_episodes(1), tmp_path / 'b', fps=12.5) / 'meta' / 'info.json').read_text())
     assert info['fps'] == 12.5
+
+
+def test_build_cache_keeps_the_datasets_own_fps_unless_told(tmp_path, capsys):
+    from defi_training.cache import EpisodeCache
+    from defi_training.data_cli import main
+    root = write_lerobot(_episodes(2), tmp_path / 'ds', fps=30)
+    assert main(['build-cache', str(root), '--out', str(tmp_path / 'own'), 'image_size=16']) == 0
+    out = capsys.readouterr().out
+    assert f'defi-data build-cache: 30 fps, the rate of {root} (meta/info.json); set fps=N to resample' in out
+    own = EpisodeCache(tmp_path / 'own')
+    assert own.fps == 30 and [own.episode_length(e) for e in range(2)] == [8, 11]   # every frame kept
+    assert main(['build-cache', str(root), '--out', str(tmp_path / 'ten'), 'image_size=16', '--set', 'fps=10']) == 0
+    assert "defi-data build-cache: 10 fps (the data config's fps)" in capsys.readouterr().out
+    ten = EpisodeCache(tmp_path / 'ten')
+    assert ten.fps == 10 and [ten.episode_length(e) for e in range(2)] == [3, 4]
+
+
+def test_lerobot_inputs_with_different_fps_need_an_explicit_rate(tmp_path, capsys):
+    from defi_training.data_cli import main
+    a = write_lerobot(_episodes(1), tmp_path / 'a', fps=30)
+    b = write_lerobot(_episodes(1), tmp_path / 'b', fps=15)
+    assert main(['build-cache', str(a), str(b), '--out', str(tmp_path / 'c')]) == 2
+    err = capsys.readouterr().err
+    assert 'different fps' in err and 'set fps=N' in err and not (tmp_path / 'c').exists()

@@ -47,7 +47,37 @@ def _topic_map(args):
     overrides = list(args.overrides)
     if args.image_size:
         overrides.append(f'image_size={args.image_size}')
-    return load_topic_map(args.config, overrides)
+    tm = load_topic_map(args.config, overrides)
+    _choose_rate(tm, args.paths, f'defi-data {args.command}')
+    return tm
+
+
+def _choose_rate(tm, paths, prog: str) -> None:
+    """The rate episodes are resampled to: the data config's fps when it sets one, else the
+    LeRobot inputs' own fps (meta/info.json), else the default; printed either way."""
+    if tm.fps_explicit:
+        print(f'{prog}: {tm.fps:g} fps (the data config\'s fps)', flush=True)
+        return
+    from .sources import Report, expand_inputs
+    from .sources.lerobot import lerobot_info
+    rates = {}
+    for kind, p in expand_inputs(paths, Report(quiet=True)):
+        if kind == 'lerobot':
+            try:
+                rate = float(lerobot_info(p)['fps'])
+            except (ValueError, KeyError, TypeError):
+                continue            # read_lerobot skips it with the reason
+            if rate > 0:
+                rates[p] = rate
+    if not rates:
+        print(f'{prog}: {tm.fps:g} fps (the default; set fps=N to change it)', flush=True)
+        return
+    if len(set(rates.values())) > 1:
+        listed = ', '.join(f'{p}: {r:g}' for p, r in rates.items())
+        raise ValueError(f'the LeRobot inputs have different fps ({listed}); set fps=N to resample them to one rate')
+    first, fps = next(iter(rates.items()))
+    tm.fps = fps
+    print(f"{prog}: {fps:g} fps, the rate of {first} (meta/info.json); set fps=N to resample", flush=True)
 
 
 def _cmd_inspect(args) -> int:
@@ -76,7 +106,7 @@ def _cmd_build_cache(args) -> int:
                         video_camera=args.camera, workers=args.workers)
     dt = time.perf_counter() - t0
     print(f'wrote {cache.path}: {report.summary()} in {dt:.1f} s '
-          f'({report.frames / max(dt, 1e-9):.0f} frames/s); cameras {cache.cameras}, '
+          f'({report.frames / max(dt, 1e-9):.0f} frames/s); {cache.fps:g} fps, cameras {cache.cameras}, '
           f"image {cache.meta['image_size']}, state {cache.meta['state_dim']}, action {cache.meta['action_dim']}")
     return 0
 
@@ -99,7 +129,7 @@ def _cmd_convert(args) -> int:
         fps = tm.fps
     out = write_lerobot(eps, args.out, fps=fps, overwrite=args.overwrite, report=report,
                         robot_type=args.robot_type)
-    print(f'wrote LeRobot v3 dataset {out}: {report.summary()}')
+    print(f'wrote LeRobot v3 dataset {out}: {report.summary()} at {fps:g} fps')
     return 0
 
 

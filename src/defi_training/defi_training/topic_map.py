@@ -100,6 +100,10 @@ class TopicMap:
     success_topic: str | None = None          # std_msgs/Bool; per-episode success goes into the meta
     min_episode_frames: int = 2               # shorter episodes/segments are skipped and reported
 
+    # False when neither the data config nor an override set fps (load_topic_map): a LeRobot
+    # dataset's own rate is then used instead of the default (not a field: never saved)
+    fps_explicit = True
+
     def __post_init__(self):
         # nested sections may be given as plain dicts (YAML, tests)
         for name, typ in (('state', StateSpec), ('action', ActionSpec), ('task', TaskSpec), ('episode', EpisodeSpec)):
@@ -218,7 +222,9 @@ def load_topic_map(path: str | Path | None = None, overrides: list[str] | None =
             raise ValueError(f'data config {p}: expected a mapping at the top level')
     apply_overrides(d, overrides)
     try:
-        return TopicMap.from_dict(d)
+        tm = TopicMap.from_dict(d)
     except (TypeError, ValueError) as exc:
         where = f'data config {path}: ' if path else 'data config: '
         raise ValueError(where + str(exc)) from exc
+    tm.fps_explicit = 'fps' in d
+    return tm
