@@ -77,3 +77,53 @@ def test_bad_sidecar_and_bad_video_are_reported(tmp_path):
 def test_h264_needs_even_size(tmp_path):
     with pytest.raises(ValueError, match='even'):
         write_video(tmp_path / 'odd.mp4', np.zeros((2, 15, 16, 3), np.uint8), fps=10)
+
+
+def test_truncated_video_gives_a_warning(tmp_path, capsys):
+    path = tmp_path / 'cut.webm'
+    write_video(path, gray_frames(40), fps=10, codec='libvpx-vp9')
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    eps = list(read_video(path, TM, Report()))
+    err = capsys.readouterr().err
+    assert len(eps) == 1 and eps[0].length < 40
+    assert f'WARNING {path}: decoded ' in err and 'of the 4.00 s its header declares (truncated file?)' in err
+    write_video(tmp_path / 'whole.webm', gray_frames(40), fps=10, codec='libvpx-vp9')
+    assert len(list(read_video(tmp_path / 'whole.webm', TM, Report()))) == 1
+    assert 'WARNING' not in capsys.readouterr().err
+
+
+def _video_with_gap(path, times_ms):
+    """h264 frames stamped at times_ms (a pause in the recording leaves a hole in the pts)."""
+    import av
+    from fractions import Fraction
+    frames = gray_frames(len(times_ms))
+    with av.open(str(path), mode='w') as c:
+        s = c.add_stream('libx264', rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, 'yuv420p'
+        s.codec_context.time_base = Fraction(1, 1000)
+        for img, t in zip(frames, times_ms):
+            vf = av.VideoFrame.from_ndarray(img, format='rgb24')
+            vf.pts, vf.time_base = t, Fraction(1, 1000)
+            for packet in s.encode(vf):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+@pytest.mark.parametrize('policy', ['split', 'drop'])
+def test_gap_policy_applies_to_videos(tmp_path, capsys, policy):
+    path = tmp_path / 'paused.mkv'
+    _video_with_gap(path, list(range(0, 1000, 100)) + list(range(2000, 3000, 100)))
+    tm = TopicMap(image_size=16, fps=10, gap_policy=policy, action={'source': 'none', 'topic': None},
+                  state={'topic': None})
+    eps = list(read_video(path, tm, Report()))
+    err = capsys.readouterr().err
+    # as-of rule: the frame at 0.9 s serves until 1.2 s (max_age_s), then nothing until 2.0 s
+    assert f'WARNING {path}: 1 gap(s) without a frame for over max_age_s=0.3 s (after 1.20 s)' in err, err
+    if policy == 'split':
+        assert [e.length for e in eps] == [13, 10] and 'split into 2 episodes' in err
+        assert [_levels(e.frames['front'])[0] for e in eps] == [0, 10]
+        assert all(np.allclose(np.diff(e.timestamps), 0.1) for e in eps)       # no time jump inside
+    else:
+        assert [e.length for e in eps] == [23] and 'timestamps jump' in err

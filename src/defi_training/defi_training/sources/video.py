@@ -142,6 +142,7 @@ def read_video(path: str | Path, tm: TopicMap, report: Report, camera: str | Non
     if frames.shape[0] == 0:
         report.skip(path, 'empty episode: the video has no frames')
         return
+    _warn_if_truncated(path, times, report)
     t_ns = np.round(times * 1e9).astype(np.int64)
     q = fixed_rate_times(int(t_ns[0]), int(t_ns[-1]), tm.fps)
     idx = asof_indices(t_ns, q, int(tm.max_age_s * 1e9))
@@ -150,8 +151,44 @@ def read_video(path: str | Path, tm: TopicMap, report: Report, camera: str | Non
         report.skip(path, f'empty episode: {int(keep.sum())} frame(s) at {tm.fps} fps, '
                           f'fewer than min_episode_frames={tm.min_episode_frames}')
         return
-    q, idx = q[keep], idx[keep]
-    yield Episode(source=str(path), frames={cam: frames[idx]}, timestamps=(q - q[0]) / 1e9,
-                  task=task if task is not None else tm.task.default,
-                  extra={'clock': {'video': 'pts'}, 'start_time_ns': int(q[0]),
-                         'dropped_frames': int((~keep).sum()), 'name': path.name})
+    # a gap (no frame within max_age_s) splits the episode or is dropped, as for bags
+    runs = _runs(keep)
+    segs = runs if tm.gap_policy == 'split' else [np.nonzero(keep)[0]]
+    if len(runs) > 1:
+        at = ', '.join(f'{(q[r[-1]] - q[0]) / 1e9:.2f} s' for r in runs[:-1][:3])
+        more = ', ...' if len(runs) > 4 else ''
+        then = (f'split into {len(runs)} episodes' if tm.gap_policy == 'split'
+                else f'{int((~keep).sum())} frame time(s) dropped, timestamps jump (gap_policy: drop)')
+        report.warn(path, f'{len(runs) - 1} gap(s) without a frame for over max_age_s={tm.max_age_s} s '
+                          f'(after {at}{more}): {then}')
+    for si, rows in enumerate(segs):
+        if rows.size < tm.min_episode_frames:
+            report.skip(f'{path} segment {si}', f'empty episode: {rows.size} frame(s) between gaps, '
+                                                f'fewer than min_episode_frames={tm.min_episode_frames}')
+            continue
+        qs, ids = q[rows], idx[rows]
+        yield Episode(source=str(path), frames={cam: frames[ids]}, timestamps=(qs - qs[0]) / 1e9,
+                      task=task if task is not None else tm.task.default,
+                      extra={'clock': {'video': 'pts'}, 'start_time_ns': int(qs[0]),
+                             'dropped_frames': int((~keep).sum()), 'name': path.name, 'segment': si,
+                             'num_segments': len(segs), 'gaps': len(runs) - 1, 'gap_policy': tm.gap_policy})
+
+
+def _runs(mask: np.ndarray) -> list[np.ndarray]:
+    """Index arrays of the maximal runs of True in mask."""
+    idx = np.nonzero(mask)[0]
+    return np.split(idx, np.nonzero(np.diff(idx) > 1)[0] + 1) if idx.size else []
+
+
+def _warn_if_truncated(path: Path, times: np.ndarray, report: Report) -> None:
+    """A file cut short decodes without an error into fewer frames than its header declares."""
+    try:
+        declared = probe_video(path)
+    except Exception:  # noqa: BLE001 - it decoded; a header that cannot be probed declares nothing
+        return
+    period = 1.0 / declared['fps'] if declared['fps'] > 0 else (
+        float(np.median(np.diff(times))) if times.size > 1 else 0.0)
+    decoded = float(times[-1] - times[0]) + period
+    if declared['duration_s'] - decoded > 2 * period + 0.01 * declared['duration_s']:
+        report.warn(path, f"decoded {decoded:.2f} s of the {declared['duration_s']:.2f} s its header declares "
+                          '(truncated file?); using what decoded')
