@@ -162,3 +162,15 @@ def test_two_cameras_and_topics_without_leading_slash(tmp_path):
     eps, _ = _read(bag.path, cameras={'front': '/camera/front/image_raw', 'wrist': 'camera/wrist/image_raw'})
     assert list(eps[0].frames) == ['front', 'wrist']
     assert np.all(eps[0].frames['wrist'][..., 1] == 60) and np.all(eps[0].frames['front'][..., 1] == 20)
+
+
+def test_a_video_config_on_a_bag_names_the_camera_without_a_topic(tmp_path):
+    from pathlib import Path
+    from defi_training.topic_map import load_topic_map
+    bag = write_synthetic_bag(tmp_path / 'b', duration_s=1.0, image_size=16)
+    video_config = Path(__file__).resolve().parents[2] / 'config' / 'data_video.yaml'
+    report = Report(quiet=True)
+    assert list(read_bag(bag.path, load_topic_map(video_config), report)) == []
+    assert report.skipped[0]['reason'] == ("camera 'front' has no topic in the data config: set "
+                                           'cameras.front=<image topic> (image topics in the bag: '
+                                           'camera/front/image_raw)')

@@ -188,6 +188,11 @@ def _stack_vectors(stream: _Stream) -> np.ndarray:
     return np.stack(values).astype(np.float32)
 
 
+def _image_topics(by_topic: dict) -> str:
+    found = sorted(t for t, conns in by_topic.items() if any(c.msgtype in IMAGE_TYPES for c in conns))
+    return ', '.join(found) or 'none'
+
+
 def _read_streams(path: Path, tm: TopicMap, store) -> tuple[dict, dict]:
     """Read every needed topic of the bag once. Returns (streams by role, bag info)."""
     from rosbags.rosbag2 import Reader
@@ -196,6 +201,9 @@ def _read_streams(path: Path, tm: TopicMap, store) -> tuple[dict, dict]:
         available = ', '.join(sorted(by_topic)) or 'none'
         roles: dict[str, tuple[str, tuple[str, ...]]] = {}
         for cam, topic in tm.cameras.items():
+            if not topic:           # e.g. a config for video files, where only the name matters
+                raise BadData(f"camera '{cam}' has no topic in the data config: set cameras.{cam}=<image "
+                              f'topic> (image topics in the bag: {_image_topics(by_topic)})')
             roles[f'camera:{cam}'] = (topic, IMAGE_TYPES)
         if tm.state.topic:
             roles['state'] = (tm.state.topic, STATE_TYPES)
