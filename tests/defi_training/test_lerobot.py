@@ -86,8 +86,21 @@ def test_overwrite_guard_and_broken_dataset(tmp_path):
     assert json.loads((root / 'meta' / 'info.json').read_text())['total_episodes'] == 2
     (root / 'videos' / 'observation.images.front' / 'chunk-000' / 'file-000.mp4').write_bytes(b'garbage')
     report = Report(quiet=True)
-    assert list(read_lerobot(root, TopicMap(image_size=16, fps=10), report)) == []
+    import defi_training.sources.lerobot as lerobot_mod
+    opened = []
+
+    class Counting(lerobot_mod._VideoFile):
+        def __init__(self, path, size):
+            opened.append(str(path))
+            super().__init__(path, size)
+    real, lerobot_mod._VideoFile = lerobot_mod._VideoFile, Counting
+    try:
+        assert list(read_lerobot(root, TopicMap(image_size=16, fps=10), report)) == []
+    finally:
+        lerobot_mod._VideoFile = real
     assert len(report.skipped) == 2 and 'unreadable video' in report.skipped[0]['reason']
+    assert sum('images.front' in p for p in opened) == 1     # the shared broken file: decoded once
+    assert report.skipped[1]['reason'] == report.skipped[0]['reason']
     info = json.loads((root / 'meta' / 'info.json').read_text())
     info['codebase_version'] = 'v2.1'
     (root / 'meta' / 'info.json').write_text(json.dumps(info))

@@ -142,6 +142,7 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
              for k, v in names.items()}
     ep_rows = episodes.to_pylist()
     videos: dict[tuple[str, int, int], _VideoFile] = {}
+    broken: dict[tuple[str, int, int], str] = {}    # a shared file that failed is not decoded again
     # rows grouped by episode once (stable: file order within an episode), not one scan per episode
     by_episode = np.argsort(ep_col, kind='stable')
     sorted_eps = ep_col[by_episode]
@@ -162,6 +163,8 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
                     ci = int(row.get(f'videos/{key}/chunk_index', 0) or 0)
                     fi = int(row.get(f'videos/{key}/file_index', 0) or 0)
                     vk = (key, ci, fi)
+                    if vk in broken:
+                        raise ValueError(broken[vk])
                     if vk not in videos:
                         vpath = root / info.get('video_path', VIDEO_PATH).format(
                             video_key=key, chunk_index=ci, file_index=fi)
@@ -169,7 +172,8 @@ def read_lerobot(root: str | Path, tm: TopicMap, report: Report) -> Iterator[Epi
                             videos.clear()  # one file decoded at a time keeps memory bounded
                             videos[vk] = _VideoFile(vpath, tm.image_size)
                         except Exception as exc:
-                            raise ValueError(f'unreadable video {vpath}: {type(exc).__name__}: {exc}') from exc
+                            broken[vk] = f'unreadable video {vpath}: {type(exc).__name__}: {exc}'
+                            raise ValueError(broken[vk]) from exc
                     t0 = float(row.get(f'videos/{key}/from_timestamp', 0.0) or 0.0)
                     frames[cam] = videos[vk].at(t0 + ts_col[sel] - ts_col[sel][0], fps)
                 else:
