@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--picture-steps', type=int, nargs='+', dest='picture_steps',
                    help='observation indices of the prediction strips (default: first and middle)')
     p.add_argument('--config', help='YAML file with EvalConfig fields (flags override it)')
-    p.add_argument('--threads', type=int, default=2, help='torch CPU threads (default 2)')
+    p.add_argument('--threads', type=int, default=0,
+                   help='torch CPU threads of the policy (default 0 = auto: the CPUs this process may '
+                        'use, less one for the simulator, at most 4; OMP_NUM_THREADS wins)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--episode-timeout', type=float, default=0.0, dest='episode_timeout_s',
                    help='ros: wall seconds per episode before giving up (0 = from max-steps)')
@@ -96,8 +98,10 @@ def _run(args) -> int:
         print(f'defi-eval: {err}', file=sys.stderr)
         return 2
 
-    import torch
-    torch.set_num_threads(max(1, args.threads))
+    from defi_core.threads import set_torch_threads
+    threads = set_torch_threads(max(0, args.threads))
+    print(f'defi-eval: {threads} torch thread(s)' + ('' if args.threads > 0 else ' (auto; --threads N sets it)'),
+          flush=True)
     from defi_sim.evaluate import checkpoint_chunk_dt, load_eval_policy, run_inprocess, write_pictures
     from defi_sim.evaluate_ros import run_ros
     from defi_training.evaluation import results_markdown, summarize, write_results
@@ -116,7 +120,7 @@ def _run(args) -> int:
         policy_cfg = policy.cfg
     else:
         try:
-            episodes, pictures, policy_cfg = run_ros(args.checkpoint, config, threads=args.threads,
+            episodes, pictures, policy_cfg = run_ros(args.checkpoint, config, threads=threads,
                                                      episode_timeout_s=args.episode_timeout_s,
                                                      work_dir=out / 'ros_logs')
         except (FileNotFoundError, ValueError, RuntimeError) as err:

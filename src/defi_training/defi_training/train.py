@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -102,8 +103,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
 def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     log = get_logger(info)
     device = info.device
-    if device.type == 'cpu' and cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    if device.type == 'cpu':
+        # 0: every CPU this process may use (affinity, container quota), shared by the ranks on
+        # this machine; torch's own default counts the machine's cores and oversubscribes
+        from defi_core.threads import set_torch_threads, usable_cpus
+        local_ranks = int(os.environ.get('LOCAL_WORLD_SIZE', '1') or 1)
+        set_torch_threads(cfg.threads, cpus=max(1, usable_cpus() // max(1, local_ranks)), reserve=0, cap=None)
     use_amp = use_bf16_autocast(device, cfg.amp)
 
     # --- run directory and the resolved config ---------------------------------------------------

@@ -56,7 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = 'auto'                                # 'auto' (cuda if available) | 'cpu' | 'cuda' | 'cuda:1'
     amp: str = 'auto'                                   # 'auto' (bf16 on GPU) | 'bf16' | 'none'; CPU is always fp32
-    threads: int = 0                                    # torch.set_num_threads on CPU; 0 = leave torch's default
+    threads: int = 0                                    # torch threads on CPU; 0 = the CPUs this process may use
+                                                        # (affinity / quota; OMP_NUM_THREADS wins), split per rank
     log_every: int = 10                                 # scalars to TensorBoard
     eval_every: int = 200                               # validation loss
     eval_batches: int = 8
