@@ -161,11 +161,6 @@ def test_launch_file_executables_files_and_params(launch_file):
         assert installed.is_file(), f'{launch_file.name}: {installed} is not installed'
         if rel.endswith('.yaml'):
             check_params_file(installed, sorted(process_nodes), declared)
-    # launch arguments that set node parameters name real ones
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', '') == 'PARAMETER_ARGUMENTS':
-            for name in ast.literal_eval(node.value):
-                assert any(name in declared[n] for n in process_nodes), name
 
 
 def load_launch(name):
@@ -188,10 +183,27 @@ def test_robot_launch_arguments_override_only_when_given():
         assert len(started) == (1 if composed == 'true' else 5)
         for node in started:
             assert node.kwargs['parameters'] == [default_file]
-    nodes = launch_stubs.run(module, {'dry_run': 'true', 'camera_topics': "['a/image_raw', 'b/image_raw']",
-                                      'checkpoint': '123', 'params_file': '/x.yaml'})
+    given = {'dry_run': 'true', 'camera_topics': "['a/image_raw', 'b/image_raw']", 'checkpoint': '123',
+             'params_file': '/x.yaml'}
+    nodes = launch_stubs.run(module, given)
     assert params_of(nodes, 'defi_bringup') == [
         '/x.yaml', {'checkpoint': '123', 'camera_topics': ['a/image_raw', 'b/image_raw'], 'dry_run': True}]
+    # one process per node: each gets only the parameters it declares
+    nodes = launch_stubs.run(module, {**given, 'composed': 'false'})
+    assert params_of(nodes, 'forward_predictor_node') == [
+        '/x.yaml', {'checkpoint': '123', 'camera_topics': ['a/image_raw', 'b/image_raw']}]
+    assert params_of(nodes, 'action_decoder_node') == ['/x.yaml', {'checkpoint': '123'}]
+    assert params_of(nodes, 'chunk_executor_node') == ['/x.yaml', {'dry_run': True}]
+    assert params_of(nodes, 'execute_instruction_server') == ['/x.yaml']
+
+
+def test_robot_launch_parameter_arguments_are_parameters_of_their_nodes():
+    module = load_launch('robot.launch.py')
+    declared = node_params()
+    for name, (_, executables) in module.PARAMETER_ARGUMENTS.items():
+        assert any(name in declared[n] for n in EXECUTABLE_NODES['defi_bringup']), name
+        for executable in executables:
+            assert any(name in declared[n] for n in EXECUTABLE_NODES[executable]), (name, executable)
 
 
 def test_record_launch_out_dir_only_when_given():

@@ -14,12 +14,15 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-# launch argument = node parameter of the same name; '' (the default) = keep the params file's value
+# launch argument = node parameter of the same name: (description, the separate executables that
+# take it; defi_bringup takes all). '' (the default) = keep the params file's value.
+MODEL_NODES = ['forward_predictor_node', 'latent_action_encoder_node', 'action_decoder_node']
 PARAMETER_ARGUMENTS = {
-    'checkpoint': 'checkpoint directory',
-    'camera_topics': "camera topics, one per checkpoint camera (YAML list, e.g. \"['camera/image_raw']\")",
-    'output_mode': 'twist | joint_trajectory | passthrough',
-    'dry_run': 'true: compute everything, command nothing',
+    'checkpoint': ('checkpoint directory', MODEL_NODES),
+    'camera_topics': ("camera topics, one per checkpoint camera (YAML list, e.g. \"['camera/image_raw']\")",
+                      ['forward_predictor_node']),
+    'output_mode': ('twist | joint_trajectory | passthrough', ['chunk_executor_node']),
+    'dry_run': ('true: compute everything, command nothing', ['chunk_executor_node']),
 }
 STRING_ARGUMENTS = ('checkpoint', 'output_mode')   # taken as given, never YAML-parsed
 
@@ -35,32 +38,35 @@ def given_overrides(context) -> dict:
 
 
 def launch_setup(context, *args, **kwargs):
-    params = [LaunchConfiguration('params_file').perform(context)]
-    overrides = given_overrides(context)
-    if overrides:
-        params.append(overrides)
+    params_file = LaunchConfiguration('params_file').perform(context)
+    given = given_overrides(context)
+
+    def params(executable):
+        mine = {k: v for k, v in given.items()
+                if executable == 'defi_bringup' or executable in PARAMETER_ARGUMENTS[k][1]}
+        return [params_file, mine] if mine else [params_file]
     composed = LaunchConfiguration('composed')
     return [
         # no `name=` here: it would rename every node inside the one process
         Node(package='defi_policy', executable='defi_bringup', output='screen',
-             parameters=params, condition=IfCondition(composed)),
+             parameters=params('defi_bringup'), condition=IfCondition(composed)),
         Node(package='defi_perception', executable='forward_predictor_node', output='screen',
-             parameters=params, condition=UnlessCondition(composed)),
+             parameters=params('forward_predictor_node'), condition=UnlessCondition(composed)),
         Node(package='defi_policy', executable='latent_action_encoder_node', output='screen',
-             parameters=params, condition=UnlessCondition(composed)),
+             parameters=params('latent_action_encoder_node'), condition=UnlessCondition(composed)),
         Node(package='defi_policy', executable='action_decoder_node', output='screen',
-             parameters=params, condition=UnlessCondition(composed)),
+             parameters=params('action_decoder_node'), condition=UnlessCondition(composed)),
         Node(package='defi_policy', executable='chunk_executor_node', output='screen',
-             parameters=params, condition=UnlessCondition(composed)),
+             parameters=params('chunk_executor_node'), condition=UnlessCondition(composed)),
         Node(package='defi_policy', executable='execute_instruction_server', output='screen',
-             parameters=params, condition=UnlessCondition(composed)),
+             parameters=params('execute_instruction_server'), condition=UnlessCondition(composed)),
     ]
 
 
 def generate_launch_description():
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value='', description=f'{text} (default: params_file)')
-          for name, text in PARAMETER_ARGUMENTS.items()],
+          for name, (text, _) in PARAMETER_ARGUMENTS.items()],
         DeclareLaunchArgument('composed', default_value='true',
                               description='one process (defi_bringup) or one process per node'),
         DeclareLaunchArgument(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import numpy as np
@@ -30,24 +30,28 @@ from defi_msgs.msg import ForwardFeatures, PolicyStatus
 from . import qos
 from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
                           stamp_to_ns, string_from_cdr)
-from .node_base import CommonParams, DefiNode, model_call, run_node, warm_up_features
+from .node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
+from .params import param
 
 
 @dataclass
-class ForwardPredictorParams(CommonParams):
-    # one topic per checkpoint camera, in the checkpoint's camera order; '.../compressed' topics
-    # are read as sensor_msgs/CompressedImage (image_transport's naming)
-    camera_topics: List[str] = field(default_factory=lambda: ['camera/image_raw'])
-    instruction_topic: str = 'instruction'
-    features_topic: str = 'defi/forward_features'
-    predicted_frames_topic: str = 'defi/predicted_frames'
-    control_rate_hz: float = 10.0
-    preview_rate_hz: float = 1.0          # 0 = no predicted frames
-    preview_steps: int = 0                # sampler steps for the preview; 0 = the checkpoint's
-    max_age_s: float = 1.0                # observations older than this are not processed
-    sync_tolerance_s: float = 0.1         # other cameras: frame at most this much older than camera 0
-    frame_id: str = ''
-    max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS   # longer instructions are refused
+class ForwardPredictorParams(ModelParams):
+    camera_topics: List[str] = param(
+        ['camera/image_raw'], "one image topic per checkpoint camera, in the checkpoint's camera "
+        "order; '.../compressed' topics are read as sensor_msgs/CompressedImage")
+    instruction_topic: str = param('instruction', 'std_msgs/String language instruction (latched)')
+    features_topic: str = param('defi/forward_features', 'ForwardFeatures out')
+    predicted_frames_topic: str = param('defi/predicted_frames',
+                                        'Image strip of predicted future frames (now | t+1 ... t+T)')
+    control_rate_hz: float = param(10.0, 'observations processed per second (Hz)', min=0.01, max=1000.0)
+    preview_rate_hz: float = param(1.0, 'predicted-frame previews per second; 0 = none', min=0.0, max=100.0)
+    preview_steps: int = param(0, "sampler steps of the preview; 0 = the checkpoint's", min=0, max=10000)
+    max_age_s: float = param(1.0, 'observations older than this are not processed (s)', min=0.0, max=3600.0)
+    sync_tolerance_s: float = param(0.1, 'other cameras: frame at most this much older than camera 0 (s)',
+                                    min=0.0, max=60.0)
+    frame_id: str = param('', 'header.frame_id of the features and the predicted frames')
+    max_instruction_chars: int = param(DEFAULT_MAX_INSTRUCTION_CHARS, 'longer instructions are refused',
+                                       min=1, max=1_000_000)
 
 
 class ForwardPredictorNode(DefiNode):

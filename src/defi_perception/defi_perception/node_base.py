@@ -33,9 +33,9 @@ from defi_core.runtime.timing import clock_mismatch, future_s, is_wall_clock
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
-from .params import declare_params, read_params, warn_unknown_parameters
+from .params import declare_params, param, read_params, warn_unknown_parameters
 
-__all__ = ['CommonParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
+__all__ = ['CommonParams', 'ModelParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
            'shutdown_nodes', 'model_call', 'warm_up_features']
 
 # One model call at a time per process. The stages of one observation run one after the other
@@ -65,19 +65,27 @@ def warm_up_features(policy):
 
 @dataclass
 class CommonParams:
-    checkpoint: str = ''             # checkpoint directory (config.json + model.safetensors)
-    device: str = 'cpu'
+    """Parameters of every DeFI node."""
+    status_topic: str = param('defi/status', 'topic of the PolicyStatus messages (best effort)')
+    status_rate_hz: float = param(2.0, 'PolicyStatus, /diagnostics and status marker rate (Hz)',
+                                  min=0.0, max=100.0)
+    status_marker_frame: str = param('base_link', "frame of the RViz text marker on "
+                                     "defi/status_marker; '' = no marker")
+    max_future_s: float = param(0.5, 'inputs stamped further than this ahead of the clock are refused; '
+                                'a clock jump back by more than this resets the buffers (s, >= 0)')
+    autostart: bool = param(True, 'configure and activate on start when run as an executable')
+
+
+@dataclass
+class ModelParams(CommonParams):
+    """Parameters of the nodes that load a model (forward predictor, latent-action encoder,
+    action decoder; in defi_bringup the model is loaded once and shared)."""
+    checkpoint: str = param('', 'checkpoint directory (config.json + model.safetensors)')
+    device: str = param('cpu', 'torch device of the model (cpu, cuda, cuda:1, ...)')
     # 1: the message threads and the preview share the cores with the model; more intra-op
     # threads oversubscribe a 2-core machine (measured: 20x slower per chunk under load).
-    # 0 = torch default
-    torch_threads: int = 1
-    status_topic: str = 'defi/status'
-    status_rate_hz: float = 2.0
-    status_marker_frame: str = 'base_link'   # RViz text marker on defi/status_marker; '' = off
-    # input stamps further than this ahead of the node's clock are refused (counted as
-    # future_stamps); a clock jump back by more than this resets the node's buffers
-    max_future_s: float = 0.5
-    autostart: bool = True           # configure + activate on start when run as an executable
+    torch_threads: int = param(1, 'torch intra-op threads of this process; 0 = torch default',
+                               min=0, max=1024)
 
 
 def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 0):
@@ -98,7 +106,7 @@ def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 
 
 class DefiNode(LifecycleNode):
     """Base of the DeFI lifecycle nodes. Subclasses implement setup() and warm_up()."""
-    params_cls: Any = CommonParams
+    params_cls: Any = ModelParams
     needs_policy = True
     status_row = 0          # line of this node in the RViz status text
     worker = None           # a model node's inference worker (LatestWorker), made in setup()

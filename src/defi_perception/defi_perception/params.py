@@ -7,11 +7,41 @@ import sys
 import typing
 from typing import Any, Iterable, List, Optional, Type, TypeVar
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 P = TypeVar('P')
 
-__all__ = ['declare_params', 'read_params', 'params_files', 'warn_unknown_parameters']
+__all__ = ['param', 'descriptor', 'declare_params', 'read_params', 'params_files',
+           'warn_unknown_parameters']
+
+
+def param(default: Any, help: str, *, min: Any = None, max: Any = None):  # noqa: A002
+    """A dataclass field that is a ROS parameter: its default, its description (shown by
+    `ros2 param describe`) and, where natural, its range [min, max] (both given)."""
+    meta = {'help': help}
+    if (min is None) != (max is None):
+        raise ValueError('param(): give both min and max, or neither')
+    if min is not None:
+        meta['range'] = (min, max)
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def descriptor(f: dataclasses.Field, hint: Any) -> ParameterDescriptor:
+    """The ParameterDescriptor of a dataclass field: description and range from param()."""
+    # dynamic typing: ROS would reject `max_age_s: 1` (an integer for a double) with an
+    # exception that does not say which file; _coerce converts it, or names the parameter
+    desc = ParameterDescriptor(description=str(f.metadata.get('help', '')), dynamic_typing=True)
+    lo_hi = f.metadata.get('range')
+    if lo_hi is not None:
+        lo, hi = lo_hi
+        if hint is float:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        elif hint is int:
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        desc.additional_constraints = f'{lo} <= value <= {hi}'
+    return desc
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -53,13 +83,10 @@ def declare_params(node, cls: Type[P]) -> P:
     for f in dataclasses.fields(cls):
         default = _default(f)
         hint = hints[f.name]
-        # dynamic typing: ROS would reject `max_age_s: 1` (an integer for a double) with an
-        # exception that does not say which file; _coerce converts it, or names the parameter
-        desc = ParameterDescriptor(description=str(f.metadata.get('help', '')), dynamic_typing=True)
         if typing.get_origin(hint) in (list, tuple):
             default = list(default)
-        param = node.declare_parameter(f.name, default, desc)
-        values[f.name] = _coerce(f.name, param.value, hint)
+        declared = node.declare_parameter(f.name, default, descriptor(f, hint))
+        values[f.name] = _coerce(f.name, declared.value, hint)
     return cls(**values)
 
 

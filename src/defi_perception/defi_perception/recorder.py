@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
@@ -32,7 +32,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from .params import declare_params
+from .params import declare_params, param
 
 INSTRUCTION_TOPIC = 'instruction'
 STAGING_DIR = '.partial'  # episodes being written live in <out>/.partial/<name>
@@ -149,14 +149,16 @@ class EpisodeBagWriter:
 
 @dataclass
 class RecorderConfig:
-    topics: List[str] = field(default_factory=list)  # topics to record (the instruction is always kept)
-    out_dir: str = 'recordings'
-    storage: str = 'mcap'
-    autostart: bool = True          # open the first episode at once
-    instruction: str = ''           # used when nothing is published on `instruction`
-    episode_prefix: str = 'episode'
-    stamp_source: str = 'receive'   # 'receive' | 'header' (the header stamp where the type has one)
-    discovery_period_s: float = 0.5
+    topics: List[str] = param([], 'topics to record (the instruction is always kept)')
+    out_dir: str = param('recordings', 'directory of the episode bags (one rosbag2 per episode)')
+    storage: str = param('mcap', 'rosbag2 storage: mcap | sqlite3')
+    autostart: bool = param(True, 'open the first episode at once (else: ~/start_episode)')
+    instruction: str = param('', 'instruction stored when nothing is published on `instruction`')
+    episode_prefix: str = param('episode', 'bag folder names: <prefix>_<date>_<time>_<index>')
+    stamp_source: str = param('receive', "bag timestamps: 'receive' time | 'header' stamp (where the "
+                              "type has one)")
+    discovery_period_s: float = param(0.5, 'how often new publishers of the topics are looked for (s)',
+                                      min=0.01, max=3600.0)
 
 
 class RecorderNode(Node):

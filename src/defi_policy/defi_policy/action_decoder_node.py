@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import numpy as np
@@ -24,26 +24,29 @@ from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import (chunk_to_msg, latent_from_msg, policy_features_from_msg,
                                          stamp_to_ns)
-from defi_perception.node_base import (CommonParams, DefiNode, model_call, run_node,
+from defi_perception.node_base import (DefiNode, ModelParams, model_call, run_node,
                                       warm_up_features)
+from defi_perception.params import param
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
 FALLBACK_DT_S = 0.1  # chunk dt when neither the parameter nor the checkpoint gives one
 
 
 @dataclass
-class ActionDecoderParams(CommonParams):
-    features_topic: str = 'defi/forward_features'
-    latent_topic: str = 'defi/latent_actions'
-    chunk_topic: str = 'defi/action_chunk'
-    joint_states_topic: str = 'joint_states'
-    # joints forming the state, matched by name in each JointState; [] = the checkpoint's names if
-    # it records them, else the message must carry exactly state_dim positions
-    state_names: List[str] = field(default_factory=list)
-    action_names: List[str] = field(default_factory=list)  # [] = a0, a1, ...
-    action_dt: float = 0.0       # seconds between chunk steps; 0 = 1/fps of the checkpoint's training data
-    max_age_s: float = 1.0
-    frame_id: str = ''
+class ActionDecoderParams(ModelParams):
+    features_topic: str = param('defi/forward_features', 'ForwardFeatures in')
+    latent_topic: str = param('defi/latent_actions', 'LatentActions in')
+    chunk_topic: str = param('defi/action_chunk', 'ActionChunk out')
+    joint_states_topic: str = param('joint_states', 'sensor_msgs/JointState: the observation state '
+                                    '(when the checkpoint has state_dim > 0)')
+    state_names: List[str] = param([], "joints forming the state, matched by name in each JointState; "
+                                   "[] = the checkpoint's names if it records them, else the message "
+                                   "must carry exactly state_dim positions")
+    action_names: List[str] = param([], 'names of the chunk columns (ActionChunk.names); [] = a0, a1, ...')
+    action_dt: float = param(0.0, "seconds between chunk steps; 0 = 1/fps of the checkpoint's training data",
+                             min=0.0, max=60.0)
+    max_age_s: float = param(1.0, 'features older than this are not decoded (s)', min=0.0, max=3600.0)
+    frame_id: str = param('', 'header.frame_id of the chunks')
 
 
 class ActionDecoderNode(DefiNode):

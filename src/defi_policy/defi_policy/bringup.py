@@ -20,7 +20,7 @@ from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
 from defi_perception.node_base import init_ros, load_checkpoint_policy, shutdown_nodes
-from defi_perception.params import declare_params, warn_unknown_parameters
+from defi_perception.params import declare_params, param, warn_unknown_parameters
 
 from .action_decoder_node import ActionDecoderNode
 from .chunk_executor_node import ChunkExecutorNode
@@ -30,17 +30,18 @@ from .latent_action_encoder_node import LatentActionEncoderNode
 
 @dataclass
 class BringupParams:
-    checkpoint: str = ''
-    device: str = 'cpu'
-    torch_threads: int = 1
-    with_action_server: bool = True
-    autostart: bool = True
-    fuse_model_stages: bool = True   # see the module doc; False: the stages talk through topics
+    checkpoint: str = param('', 'checkpoint directory, loaded ONCE and shared by every node')
+    device: str = param('cpu', 'torch device of the model (cpu, cuda, cuda:1, ...)')
+    torch_threads: int = param(1, 'torch intra-op threads of this process; 0 = torch default', min=0, max=1024)
+    with_action_server: bool = param(True, 'also run the ExecuteInstruction action server')
+    autostart: bool = param(True, 'configure and activate every node on start')
+    fuse_model_stages: bool = param(True, 'the three model stages back to back in one worker (no DDS '
+                                    'between them); false: the stages talk through their topics')
     # 'single': the pipeline nodes on one SingleThreadedExecutor, the action server on its own
     # MultiThreadedExecutor (faster: see make_executors); 'multi': every node on one
     # MultiThreadedExecutor (DESIGN.md's layout)
-    executor: str = 'single'
-
+    executor: str = param('single', 'single: pipeline on one thread, action server on its own | '
+                          'multi: one MultiThreadedExecutor')
 
 EXECUTORS = ('single', 'multi')
 

@@ -18,7 +18,7 @@ to the robot. No inference here: the timer never waits for the model.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 from builtin_interfaces.msg import Duration
@@ -35,34 +35,39 @@ from defi_msgs.msg import ActionChunk, PolicyStatus
 from defi_perception import qos
 from defi_perception.conversions import chunk_from_msg, chunk_to_msg
 from defi_perception.node_base import CommonParams, DefiNode, run_node
+from defi_perception.params import param
 
 OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough')
 
 
 @dataclass
 class ChunkExecutorParams(CommonParams):
-    chunk_topic: str = 'defi/action_chunk'
-    output_mode: str = 'passthrough'
-    twist_topic: str = 'servo_node/delta_twist_cmds'
-    trajectory_topic: str = 'joint_trajectory_controller/joint_trajectory'
-    command_topic: str = 'defi/action_command'
-    enable_topic: str = 'defi/enable'
-    twist_frame_id: str = 'base_link'
-    # action component (name or index, '' = zero) for linear x, y, z and angular x, y, z
-    twist_axes: List[str] = field(default_factory=lambda: ['x', 'y', 'z', 'roll', 'pitch', 'yaw'])
-    linear_scale: float = 1.0
-    angular_scale: float = 1.0
-    joint_names: List[str] = field(default_factory=list)    # [] = the chunk's action names
-    # what the robot side takes: chunks of another dimension / other names are refused
-    action_dim: int = 0                                     # 0 = any
-    action_names: List[str] = field(default_factory=list)   # [] = any
-    action_min: List[float] = field(default_factory=list)   # one value or one per action; [] = none
-    action_max: List[float] = field(default_factory=list)
-    control_rate_hz: float = 10.0
-    max_age_s: float = 1.0
-    dry_run: bool = False
-    stop_when_exhausted: bool = True
-    start_enabled: bool = True
+    chunk_topic: str = param('defi/action_chunk', 'ActionChunk in')
+    output_mode: str = param('passthrough', 'twist (MoveIt Servo) | joint_trajectory (ros2_control) | '
+                             'passthrough (ActionChunk, horizon 1, on command_topic)')
+    twist_topic: str = param('servo_node/delta_twist_cmds', 'TwistStamped out (output_mode twist)')
+    trajectory_topic: str = param('joint_trajectory_controller/joint_trajectory',
+                                  'JointTrajectory out (output_mode joint_trajectory)')
+    command_topic: str = param('defi/action_command', 'ActionChunk out (output_mode passthrough)')
+    enable_topic: str = param('defi/enable', 'std_msgs/Bool: false stops and holds, true resumes')
+    twist_frame_id: str = param('base_link', 'header.frame_id of the twists')
+    twist_axes: List[str] = param(['x', 'y', 'z', 'roll', 'pitch', 'yaw'],
+                                  "action component (name or index; '' = zero) for linear x, y, z and "
+                                  "angular x, y, z")
+    linear_scale: float = param(1.0, 'twist linear = action * linear_scale (m/s per unit)')
+    angular_scale: float = param(1.0, 'twist angular = action * angular_scale (rad/s per unit)')
+    joint_names: List[str] = param([], "joints of the trajectory (joint_trajectory); [] = the chunk's names")
+    action_dim: int = param(0, 'what the robot side takes: chunks of another dimension are refused; 0 = any',
+                            min=0, max=10000)
+    action_names: List[str] = param([], 'chunks with other action names are refused; [] = any')
+    action_min: List[float] = param([], 'lower clip, one value or one per action; [] = none')
+    action_max: List[float] = param([], 'upper clip, one value or one per action; [] = none')
+    control_rate_hz: float = param(10.0, 'commands per second (Hz)', min=0.01, max=10000.0)
+    max_age_s: float = param(1.0, 'chunks of an observation older than this are not executed; without '
+                             'fresh chunks the robot stops after this long (s, > 0)', min=0.0, max=3600.0)
+    dry_run: bool = param(False, 'compute everything, command nothing')
+    stop_when_exhausted: bool = param(True, 'command a stop when the chunk runs out')
+    start_enabled: bool = param(True, 'execute chunks from the start (false: wait for enable_topic or a goal)')
 
 
 class ChunkExecutorNode(DefiNode):

@@ -21,6 +21,7 @@ from defi_msgs.msg import ActionChunk
 from defi_perception import qos
 from defi_perception.conversions import stamp_to_ns
 from defi_perception.node_base import CommonParams, DefiNode, run_node
+from defi_perception.params import param
 
 
 CANCEL_POLL_S = 0.05   # how often a running goal looks for a cancel request
@@ -28,14 +29,15 @@ CANCEL_POLL_S = 0.05   # how often a running goal looks for a cancel request
 
 @dataclass
 class ExecuteInstructionParams(CommonParams):
-    action_name: str = 'execute_instruction'
-    instruction_topic: str = 'instruction'
-    success_topic: str = 'sim/success'
-    chunk_topic: str = 'defi/action_chunk'
-    enable_topic: str = 'defi/enable'
-    default_timeout_s: float = 60.0
-    feedback_rate_hz: float = 2.0
-    max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS   # longer instructions are refused
+    action_name: str = param('execute_instruction', 'name of the ExecuteInstruction action')
+    instruction_topic: str = param('instruction', "std_msgs/String out: each goal's instruction (latched)")
+    success_topic: str = param('sim/success', 'std_msgs/Bool in: true ends the goal with success')
+    chunk_topic: str = param('defi/action_chunk', 'ActionChunk in (counted in the feedback)')
+    enable_topic: str = param('defi/enable', 'std_msgs/Bool out: the executor runs while a goal does')
+    default_timeout_s: float = param(60.0, 'goal timeout when the goal gives none (s)', min=0.0, max=1e6)
+    feedback_rate_hz: float = param(2.0, 'feedback messages per second (Hz)', min=0.01, max=100.0)
+    max_instruction_chars: int = param(DEFAULT_MAX_INSTRUCTION_CHARS, 'longer instructions are refused',
+                                       min=1, max=1_000_000)
 
 
 class ExecuteInstructionServer(DefiNode):

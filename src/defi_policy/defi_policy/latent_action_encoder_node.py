@@ -13,15 +13,16 @@ from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
-from defi_perception.node_base import (CommonParams, DefiNode, model_call, run_node,
+from defi_perception.node_base import (DefiNode, ModelParams, model_call, run_node,
                                       warm_up_features)
+from defi_perception.params import param
 
 
 @dataclass
-class LatentEncoderParams(CommonParams):
-    features_topic: str = 'defi/forward_features'
-    latent_topic: str = 'defi/latent_actions'
-    frame_id: str = ''
+class LatentEncoderParams(ModelParams):
+    features_topic: str = param('defi/forward_features', 'ForwardFeatures in')
+    latent_topic: str = param('defi/latent_actions', 'LatentActions out')
+    frame_id: str = param('', 'header.frame_id of the latent actions')
 
 
 class LatentActionEncoderNode(DefiNode):

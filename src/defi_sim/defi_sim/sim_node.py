@@ -35,10 +35,10 @@ from __future__ import annotations
 import array
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -51,6 +51,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from defi_perception.params import param
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
 from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name
@@ -60,19 +61,21 @@ MODES = ('realtime', 'lockstep')
 
 @dataclass
 class SimNodeConfig:
-    task: str = 'drawer-open-v3'
-    seed: int = 0
-    instruction: str = ''                    # empty: the task's own instruction
-    cameras: list = field(default_factory=lambda: ['front=corner'])  # "<name>=<mujoco camera>"
-    image_width: int = 96
-    image_height: int = 96
-    mode: str = 'realtime'                   # 'realtime' | 'lockstep'
-    steps_per_observation: int = 2           # control steps (12.5 ms each) between observations
-    max_episode_steps: int = 500             # control steps; then the episode holds still
-    lockstep_timeout_s: float = 1.0          # wall seconds to wait for a command in lockstep
-    command_timeout_s: float = 0.5           # no command for this long (wall): stop; 0 = off
-    twist_linear_scale: float = 0.0          # action per (m/s); 0: dt / action_scale (physical)
-    frame_id: str = 'world'
+    task: str = param('drawer-open-v3', 'Meta-World v3 task (a new value applies at the next sim/reset)')
+    seed: int = param(0, 'episode seed (training < 1000, evaluation from 1000; applies at the next sim/reset)')
+    instruction: str = param('', "instruction published on `instruction`; '' = the task's own")
+    cameras: list = param(['front=corner'], "'<ROS name>=<MuJoCo camera>': topic camera/<name>/image_raw")
+    image_width: int = param(96, 'camera image width (px)')
+    image_height: int = param(96, 'camera image height (px)')
+    mode: str = param('realtime', 'realtime (wall clock) | lockstep (sim time, as fast as possible)')
+    steps_per_observation: int = param(2, 'control steps (12.5 ms each) between observations')
+    max_episode_steps: int = param(500, 'control steps per episode, then it holds still until sim/reset; '
+                                   '0 = endless')
+    lockstep_timeout_s: float = param(1.0, 'lockstep: step with the held command after this long (wall s)')
+    command_timeout_s: float = param(0.5, 'no command for this long (wall s): the arm stops; 0 = off')
+    twist_linear_scale: float = param(0.0, 'action per m/s of TwistStamped.linear; 0 = physical '
+                                      '(dt / action scale)')
+    frame_id: str = param('world', 'frame of sim/ee_pose')
 
     def validate(self) -> 'SimNodeConfig':
         canonical_task_name(self.task)
@@ -103,8 +106,9 @@ class SimNode(Node):
         super().__init__('defi_sim_node', context=context,
                          parameter_overrides=parameter_overrides, **node_kwargs)
         defaults = SimNodeConfig()
+        helps = {f.name: f.metadata['help'] for f in fields(SimNodeConfig)}
         for name, value in vars(defaults).items():
-            self.declare_parameter(name, value)
+            self.declare_parameter(name, value, ParameterDescriptor(description=helps[name]))
         self.config = SimNodeConfig(**{
             name: self.get_parameter(name).value for name in vars(defaults)}).validate()
         cfg = self.config
