@@ -174,3 +174,28 @@ def test_a_video_config_on_a_bag_names_the_camera_without_a_topic(tmp_path):
     assert report.skipped[0]['reason'] == ("camera 'front' has no topic in the data config: set "
                                            'cameras.front=<image topic> (image topics in the bag: '
                                            'camera/front/image_raw)')
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_qos_text_that_differs_from_the_storage_file_is_read_with_a_warning(tmp_path, storage, capsys):
+    import yaml
+    from pathlib import Path
+    from defi_training.inspect import inspect_path
+    bag = write_synthetic_bag(tmp_path / 'b', storage=storage, duration_s=1.0, image_size=16)
+    meta_path = Path(bag.path) / 'metadata.yaml'
+    meta = yaml.safe_load(meta_path.read_text())
+    for t in meta['rosbag2_bagfile_information']['topics_with_message_count']:
+        if t['topic_metadata']['name'].endswith('image_raw'):     # as another rosbag2 version writes it
+            forever = {'sec': 9223372036, 'nsec': 854775807}
+            t['topic_metadata']['offered_qos_profiles'] = yaml.safe_dump([{
+                'history': 1, 'depth': 5, 'reliability': 2, 'durability': 2, 'deadline': forever,
+                'lifespan': forever, 'liveliness': 1, 'liveliness_lease_duration': forever,
+                'avoid_ros_namespace_conventions': False}])
+    meta_path.write_text(yaml.safe_dump(meta))
+    d = inspect_path(bag.path)
+    assert d['topics']['/camera/front/image_raw']['count'] == 10, d['topics']
+    assert d['warnings'] == ["the QoS of /camera/front/image_raw in metadata.yaml differs from the storage "
+                             "file's; read with the storage file's"]
+    eps = list(read_bag(bag.path, TopicMap(image_size=16), Report()))
+    assert len(eps) == 1 and eps[0].length >= 9
+    assert f'WARNING {bag.path}: the QoS of /camera/front/image_raw' in capsys.readouterr().err

@@ -79,6 +79,8 @@ def format_inspection(d: dict, out: TextIO, indent: str = '') -> None:
     if kind == 'rosbag':
         p(f"  storage {d['storage']}, compression {d['compression']}, {d['message_count']} messages, "
           f"duration {d['duration_s']:.2f} s")
+        for text in d.get('warnings', []):
+            p(f'  WARNING: {text}')
         w = max([len(t) for t in d['topics']] + [5])
         p(f"  {'topic':<{w}}  {'type':<36} {'count':>7} {'rate Hz':>8} {'dur s':>8} {'max gap s':>9}  gaps")
         for topic, t in d['topics'].items():

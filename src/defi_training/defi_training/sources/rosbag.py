@@ -193,10 +193,33 @@ def _image_topics(by_topic: dict) -> str:
     return ', '.join(found) or 'none'
 
 
-def _read_streams(path: Path, tm: TopicMap, store) -> tuple[dict, dict]:
+def _align_qos(reader) -> list[str]:
+    """Topics whose QoS text in metadata.yaml differs from the storage file's (rosbag2's own test
+    bags talker, convert_a): rosbags pairs the two connections by it and then yields none of their
+    messages. The storage file's text is taken instead; returns those topics."""
+    fixed = set()
+    bag = getattr(reader, 'storage', None)          # rosbags' reader of a bag folder
+    for storage in getattr(bag, 'storages', None) or []:
+        for i, conn in enumerate(bag.connections):   # the list reader.connections returns
+            same = [x for x in storage.connections if x.topic == conn.topic and x.msgtype == conn.msgtype]
+            if same and all(x.ext != conn.ext for x in same):
+                bag.connections[i] = conn._replace(ext=same[0].ext)
+                fixed.add(conn.topic)
+    return sorted(fixed)
+
+
+def _qos_warning(topics: list[str]) -> str:
+    return (f"the QoS of {', '.join(topics)} in metadata.yaml differs from the storage file's; "
+            "read with the storage file's")
+
+
+def _read_streams(path: Path, tm: TopicMap, store, report: Report | None = None) -> tuple[dict, dict]:
     """Read every needed topic of the bag once. Returns (streams by role, bag info)."""
     from rosbags.rosbag2 import Reader
     with Reader(path) as reader:
+        fixed = _align_qos(reader)
+        if fixed and report is not None:
+            report.warn(path, _qos_warning(fixed))
         by_topic = _connections_by_topic(reader)
         available = ', '.join(sorted(by_topic)) or 'none'
         roles: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -307,7 +330,7 @@ def read_bag(path: str | Path, tm: TopicMap, report: Report, typestore=None) -> 
     path = Path(path)
     store = typestore or make_typestore()
     try:
-        streams, info = _read_streams(path, tm, store)
+        streams, info = _read_streams(path, tm, store, report)
     except BadData as exc:
         report.skip(path, str(exc))
         return
@@ -422,9 +445,12 @@ def inspect_bag(path: str | Path) -> dict:
     path = Path(path)
     times: dict[str, list[int]] = defaultdict(list)
     with Reader(path) as reader:
+        fixed = _align_qos(reader)
         types = {c.topic: c.msgtype for c in reader.connections}
         meta = {'storage': _storage_of(path), 'compression': reader.compression_mode or 'none',
                 'message_count': reader.message_count}
+        if fixed:
+            meta['warnings'] = [_qos_warning(fixed)]
         for conn, t, _ in reader.messages():
             times[conn.topic].append(t)
     topics = {}
