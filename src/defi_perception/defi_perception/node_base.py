@@ -82,9 +82,11 @@ class ModelParams(CommonParams):
     action decoder; in defi_bringup the model is loaded once and shared)."""
     checkpoint: str = param('', 'checkpoint directory (config.json + model.safetensors)')
     device: str = param('cpu', 'torch device of the model (cpu, cuda, cuda:1, ...)')
-    # 1: the message threads and the preview share the cores with the model; more intra-op
-    # threads oversubscribe a 2-core machine (measured: 20x slower per chunk under load).
-    torch_threads: int = param(1, 'torch intra-op threads of this process; 0 = torch default',
+    # 0 = auto (defi_core.threads): the CPUs this process may use less one, at most 4, so the
+    # message threads and the work beside the model keep a core (more intra-op threads than free
+    # cores were 20x slower per chunk on a loaded 2-core machine)
+    torch_threads: int = param(0, 'torch intra-op threads of this process; 0 = auto: the CPUs this '
+                               'process may use (affinity) less one, at most 4; OMP_NUM_THREADS wins',
                                min=0, max=1024)
 
 
@@ -95,9 +97,8 @@ def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 
     ckpt = Path(path).expanduser()
     if not ckpt.exists():
         raise FileNotFoundError(f"parameter 'checkpoint': {ckpt} does not exist")
-    import torch
-    if torch_threads > 0:
-        torch.set_num_threads(int(torch_threads))
+    from defi_core.threads import set_torch_threads
+    set_torch_threads(int(torch_threads))
     from defi_core.checkpoint import load_policy
     policy = load_policy(str(ckpt), device=device)
     policy.eval()

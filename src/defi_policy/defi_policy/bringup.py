@@ -32,7 +32,8 @@ from .latent_action_encoder_node import LatentActionEncoderNode
 class BringupParams:
     checkpoint: str = param('', 'checkpoint directory, loaded ONCE and shared by every node')
     device: str = param('cpu', 'torch device of the model (cpu, cuda, cuda:1, ...)')
-    torch_threads: int = param(1, 'torch intra-op threads of this process; 0 = torch default', min=0, max=1024)
+    torch_threads: int = param(0, 'torch intra-op threads of this process; 0 = auto: the CPUs this process '
+                               'may use (affinity) less one, at most 4; OMP_NUM_THREADS wins', min=0, max=1024)
     with_action_server: bool = param(True, 'also run the ExecuteInstruction action server')
     autostart: bool = param(True, 'configure and activate every node on start')
     fuse_model_stages: bool = param(True, 'the three model stages back to back in one worker (no DDS '
