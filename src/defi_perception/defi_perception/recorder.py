@@ -161,6 +161,18 @@ class RecorderConfig:
                                       min=0.01, max=3600.0)
 
 
+def qos_for_offers(offered: list) -> QoSProfile:
+    """The subscription QoS that receives from every publisher (as `ros2 bag record` adapts):
+    reliable only if all offer reliable, transient local only if all offer it."""
+    def all_offer(attr, value):
+        return bool(offered) and all(getattr(o, attr) == value for o in offered)
+    reliability = (ReliabilityPolicy.RELIABLE if all_offer('reliability', ReliabilityPolicy.RELIABLE) or not offered
+                   else ReliabilityPolicy.BEST_EFFORT)
+    durability = (DurabilityPolicy.TRANSIENT_LOCAL if all_offer('durability', DurabilityPolicy.TRANSIENT_LOCAL)
+                  else DurabilityPolicy.VOLATILE)
+    return QoSProfile(depth=100, reliability=reliability, durability=durability)
+
+
 class RecorderNode(Node):
     def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
         super().__init__('defi_recorder', context=context,
@@ -223,14 +235,15 @@ class RecorderNode(Node):
                                         throttle_duration_sec=10.0)
                 continue
             use_header = self.config.stamp_source == 'header' and _leading_header(self.store, ros_type)
-            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            qos = qos_for_offers([i.qos_profile for i in self.get_publishers_info_by_topic(topic)])
             sub = self.create_subscription(
                 msg_class, topic,
                 lambda data, topic=topic, t=ros_type, h=use_header: self._on_message(topic, t, h, data),
                 qos, raw=True)
             self._recording_subs.append(sub)
             self._subscribed[topic] = ros_type
-            self.get_logger().info(f'recording {topic} [{ros_type}]')
+            self.get_logger().info(f'recording {topic} [{ros_type}] ({qos.reliability.name.lower()}, '
+                                   f'{qos.durability.name.lower()})')
         return [t for t in self._wanted if t not in self._subscribed]
 
     @property
