@@ -97,7 +97,7 @@ def test_ctrl_c_while_saving_exits_130_without_a_half_checkpoint(cache, tmp_path
     run = tmp_path / 'run'
     rc = train_main(['gfdm', f'data.cache={cache}', '--out', str(run), 'steps=5', *FAST])
     assert rc == 130
-    assert one_line(capsys.readouterr().err) == 'defi-train: interrupted'
+    assert one_line(capsys.readouterr().err) == f'defi-train: interrupted; continue with: defi-train gfdm --resume {run}'
     assert [p.name for p in list_checkpoints(run)] == ['step_00000001'] and not leftovers(run)
     assert not [p for p in run.rglob('*.tmp*')]
 

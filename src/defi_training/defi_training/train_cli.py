@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         return 2
     from dataclasses import replace
 
-    from defi_core.cli import run_cli
+    from defi_core.cli import EXIT_INTERRUPTED, run_cli
     from defi_training.train import default_run_dir, train
     if not resume and not cfg.out_dir:
         # named here, so that a full disk's error (numpy and tensorboard give no path) can name it
@@ -89,6 +89,11 @@ def main(argv=None) -> int:
         except FloatingPointError as err:          # a NaN/Inf loss, named by train()
             print(f'defi-train: {err}', file=sys.stderr)
             return EXIT_DIVERGED
+        except KeyboardInterrupt:
+            # the checkpoint being written is gone (save_run_checkpoint), the older ones stay
+            print(f'defi-train: interrupted; continue with: defi-train {cfg.stage} --resume '
+                  f'{resume or cfg.out_dir}', file=sys.stderr)
+            return EXIT_INTERRUPTED
         if os.environ.get('RANK', '0') == '0':
             print(export)
         return 0
