@@ -89,11 +89,11 @@ class ForwardPredictorNode(DefiNode):
         # raw: rclpy's String conversion silently cuts at a NUL and replaces invalid UTF-8
         self.create_subscription(String, p.instruction_topic, self.on_instruction, qos.INSTRUCTION,
                                  callback_group=self.callbacks, raw=True)
-        self.features_pub = self.create_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
+        self.features_pub = self.create_lifecycle_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
         self.features_worker = LatestWorker(self._compute_features, 'defi-features',
                                             functools.partial(self.report_failure, 'forward features'))
         if p.preview_rate_hz > 0 and getattr(self.policy, 'gfdm', None) is not None:
-            self.preview_pub = self.create_publisher(Image, p.predicted_frames_topic, qos.BEST_EFFORT)
+            self.preview_pub = self.create_lifecycle_publisher(Image, p.predicted_frames_topic, qos.BEST_EFFORT)
             self.preview_worker = LatestWorker(self._compute_preview, 'defi-preview',
                                                functools.partial(self.report_failure, 'predicted frames'))
             self.create_timer(1.0 / p.preview_rate_hz, self._on_preview_timer,

@@ -26,6 +26,10 @@ from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
+from rclpy.publisher import Publisher
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from rclpy.signals import SignalHandlerOptions
 
 from defi_core.runtime.status import StatusCounters
@@ -106,7 +110,13 @@ def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 
 
 
 class DefiNode(LifecycleNode):
-    """Base of the DeFI lifecycle nodes. Subclasses implement setup() and warm_up()."""
+    """Base of the DeFI lifecycle nodes. Subclasses implement setup() and warm_up().
+
+    configure = read the parameters, load the model, setup() (publishers, subscriptions, timers,
+    workers, made from the parameters just read), warm up; cleanup = teardown() and destroy what
+    setup() made, so cleanup -> new parameters -> configure applies them. Data outputs are lifecycle
+    publishers (create_lifecycle_publisher): they publish only while the node is active. The status
+    topics exist from construction on, so a node that failed to configure still says why."""
     params_cls: Any = ModelParams
     needs_policy = True
     status_row = 0          # line of this node in the RViz status text
@@ -123,6 +133,7 @@ class DefiNode(LifecycleNode):
         self.active = False
         self._shared_policy = policy
         self._configured = False
+        self._setup_entities: list = []     # what setup() created, destroyed on cleanup
         self._state = PolicyStatus.STATE_UNCONFIGURED
         self._log_times: dict = {}
         self.callbacks = ReentrantCallbackGroup()       # message callbacks: short, never inference
@@ -145,13 +156,14 @@ class DefiNode(LifecycleNode):
 
     # ---- hooks --------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Create publishers/subscriptions/workers (called once, on the first configure)."""
+        """Create publishers/subscriptions/timers/workers from self.params (at every configure;
+        cleanup destroys them)."""
 
     def warm_up(self) -> None:
         """Run the model stage once so the first real message is not slow."""
 
     def teardown(self) -> None:
-        """Stop workers; called on shutdown and destroy. By default: closes self.worker."""
+        """Stop workers; called on cleanup, shutdown and destroy. By default: closes self.worker."""
         if self.worker is not None:
             self.worker.close()
 
@@ -187,12 +199,17 @@ class DefiNode(LifecycleNode):
                 self._state = PolicyStatus.STATE_ERROR
                 return TransitionCallbackReturn.FAILURE
         try:
-            if not self._configured:
+            self._release_setup()           # a failed configure may have left some behind
+            before = self._entities()
+            try:
                 self.setup()
+            finally:
+                self._setup_entities = [e for e in self._entities() if e not in before]
                 self._configured = True
             self.warm_up()
         except Exception as exc:  # noqa: BLE001
             self.report_error('other', f'configure failed: {type(exc).__name__}: {exc}')
+            self._release_setup()
             self._state = PolicyStatus.STATE_ERROR
             return TransitionCallbackReturn.FAILURE
         self._state = PolicyStatus.STATE_IDLE
@@ -210,8 +227,38 @@ class DefiNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False
+        self._release_setup()
+        self.policy = None
         self._state = PolicyStatus.STATE_UNCONFIGURED
         return TransitionCallbackReturn.SUCCESS
+
+    def _entities(self) -> list:
+        return [*self.publishers, *self.subscriptions, *self.timers, *self.waitables]
+
+    def _release_setup(self) -> None:
+        """teardown(), then destroy the publishers, subscriptions, timers and action servers
+        that setup() created."""
+        if not self._configured:
+            return
+        try:
+            self.teardown()
+        except Exception as exc:  # noqa: BLE001 - e.g. after a setup() that failed half way
+            self.get_logger().warning(f'teardown: {type(exc).__name__}: {exc}')
+        finally:
+            self._configured = False
+            entities, self._setup_entities = self._setup_entities, []
+            for entity in reversed(entities):
+                if isinstance(entity, LifecyclePublisher):
+                    self.destroy_lifecycle_publisher(entity)
+                elif isinstance(entity, Publisher):
+                    self.destroy_publisher(entity)
+                elif isinstance(entity, Subscription):
+                    self.destroy_subscription(entity)
+                elif isinstance(entity, Timer):
+                    self.destroy_timer(entity)
+                elif hasattr(entity, 'destroy'):       # an ActionServer (teardown may have done it)
+                    if entity in list(self.waitables):
+                        entity.destroy()
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False

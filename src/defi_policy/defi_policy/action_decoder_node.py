@@ -77,7 +77,7 @@ class ActionDecoderNode(DefiNode):
         if cfg.state_dim > 0:
             self.create_subscription(JointState, p.joint_states_topic, self.on_joint_state,
                                      qos.SENSOR, callback_group=self.callbacks)
-        self.chunk_pub = self.create_publisher(ActionChunk, p.chunk_topic, qos.RELIABLE)
+        self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, p.chunk_topic, qos.RELIABLE)
         if self.in_process:
             return
         self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,

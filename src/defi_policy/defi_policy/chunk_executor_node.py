@@ -101,12 +101,13 @@ class ChunkExecutorNode(DefiNode):
         if p.action_names and p.action_dim and len(p.action_names) != p.action_dim:
             raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for "
                              f'action_dim {p.action_dim}')
+        # a lifecycle publisher: commands only while active (the stop on deactivate goes out first)
         if p.output_mode == 'twist':
-            self.cmd_pub = self.create_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
+            self.cmd_pub = self.create_lifecycle_publisher(TwistStamped, p.twist_topic, qos.RELIABLE)
         elif p.output_mode == 'joint_trajectory':
-            self.cmd_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, qos.RELIABLE)
+            self.cmd_pub = self.create_lifecycle_publisher(JointTrajectory, p.trajectory_topic, qos.RELIABLE)
         else:
-            self.cmd_pub = self.create_publisher(ActionChunk, p.command_topic, qos.RELIABLE)
+            self.cmd_pub = self.create_lifecycle_publisher(ActionChunk, p.command_topic, qos.RELIABLE)
         self.create_subscription(ActionChunk, p.chunk_topic, self.on_chunk, qos.RELIABLE,
                                  callback_group=self.callbacks)
         self.create_subscription(Bool, p.enable_topic, self.on_enable, qos.ENABLE,
@@ -126,7 +127,8 @@ class ChunkExecutorNode(DefiNode):
         return super().on_deactivate(state)
 
     def teardown(self) -> None:
-        if self._configured:
+        # shutdown or destroy while active: command a stop (after a deactivate it went out already)
+        if self._configured and self._state in (PolicyStatus.STATE_RUNNING, PolicyStatus.STATE_STOPPED):
             self.stop(StopReason.SHUTDOWN, force=True)
 
     def fill_status(self, msg: PolicyStatus) -> None:

@@ -59,7 +59,8 @@ class ExecuteInstructionServer(DefiNode):
 
     def setup(self) -> None:
         p = self.params
-        self.instruction_pub = self.create_publisher(String, p.instruction_topic, qos.INSTRUCTION)
+        self.instruction_pub = self.create_lifecycle_publisher(String, p.instruction_topic, qos.INSTRUCTION)
+        # a plain publisher: "disable" must reach the executor also while this node deactivates
         self.enable_pub = self.create_publisher(Bool, p.enable_topic, qos.ENABLE)
         self.create_subscription(Bool, p.success_topic, self.on_success, 10,
                                  callback_group=self.callbacks)

@@ -36,7 +36,7 @@ class LatentActionEncoderNode(DefiNode):
 
     def setup(self) -> None:
         p = self.params
-        self.latent_pub = self.create_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
+        self.latent_pub = self.create_lifecycle_publisher(LatentActions, p.latent_topic, qos.RELIABLE)
         if self.in_process:
             return
         self.create_subscription(ForwardFeatures, p.features_topic, self.on_features, qos.FEATURES,
