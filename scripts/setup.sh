@@ -97,6 +97,9 @@ fi
 BUILD_KEY="$(find src -type f \( -name package.xml -o -name setup.py -o -name setup.cfg \
   -o -name CMakeLists.txt -o -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print0 | sort -z \
   | xargs -0 cat | sha256sum | cut -c1-16)-$(find src -maxdepth 2 -mindepth 1 -type d | sort | sha256sum | cut -c1-8)"
+# installed data files (launch, config, rviz): a new or removed one needs a build, an edited one not
+BUILD_KEY="$BUILD_KEY-$(find src -mindepth 3 -maxdepth 3 -type f \( -path '*/launch/*' -o -path '*/config/*' \
+  -o -path '*/rviz/*' \) | sort | sha256sum | cut -c1-8)"
 if [[ "$(cat "$BUILD_STAMP" 2>/dev/null)" != "$BUILD_KEY" || ! -f install/setup.bash ]]; then
   log "colcon build --symlink-install"
   mkdir -p build

@@ -1,4 +1,5 @@
-"""Checks of defi_bringup's launch files and the ROS parameter files (launch_ros cannot run here).
+"""Checks of defi_bringup's launch files and the ROS parameter files (launch_ros and Gazebo cannot
+run here).
 
 Static: each launch file parses, finds its files through FindPackageShare (never __file__), every
 executable it starts exists in its package's console_scripts, every file it references is
@@ -11,6 +12,7 @@ import ast
 import dataclasses
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ BRINGUP = ROOT / 'src' / 'defi_bringup'
 LAUNCH_FILES = sorted((BRINGUP / 'launch').glob('*.launch.py'))
 INSTALL = ROOT / 'install'
 CHECKPOINT = ROOT / 'models' / 'defi_metaworld'
-EXTERNAL_EXECUTABLES = {('rviz2', 'rviz2')}      # not ours: installed with ROS 2 itself
+EXTERNAL_EXECUTABLES = {('rviz2', 'rviz2'), ('ros_gz_bridge', 'parameter_bridge')}   # not ours
 BUILTIN_PARAMS = {'use_sim_time'}
 
 
@@ -112,7 +114,8 @@ def check_params_file(path: Path, allowed_nodes, declared):
 
 
 def test_there_are_launch_files():
-    assert {p.name for p in LAUNCH_FILES} == {'robot.launch.py', 'sim.launch.py', 'record.launch.py'}
+    assert {p.name for p in LAUNCH_FILES} == {'robot.launch.py', 'sim.launch.py', 'record.launch.py',
+                                              'gazebo.launch.py'}
     assert not (ROOT / 'launch').exists(), 'launch files belong to src/defi_bringup/launch'
 
 
@@ -214,6 +217,44 @@ def test_record_launch_out_dir_only_when_given():
         default_file, {'out_dir': 'bags'}]
 
 
+def test_gazebo_launch_bridges_camera_joints_clock_and_command_to_defi(tmp_path, monkeypatch):
+    """gazebo.launch.py (cannot run here: no Gazebo, no ros_gz_bridge): the bridge config maps the
+    given Gazebo topics onto the topics defi_bringup uses, in the right direction and types."""
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))      # the files the launch writes
+    module = load_launch('gazebo.launch.py')
+    given = {'gz_camera_topic': '/world/w/model/arm/link/cam/sensor/cam/image', 'gz_cmd_topic': '/model/arm/cmd',
+             'gz_joint_state_topic': '/world/w/model/arm/joint_state'}
+    nodes = launch_stubs.run(module, given)
+    (bridge_params,) = params_of(nodes, 'parameter_bridge')
+    entries = {e['ros_topic_name']: e for e in yaml.safe_load(Path(bridge_params['config_file']).read_text())}
+    assert set(entries) == {'/clock', 'camera/image_raw', 'servo_node/delta_twist_cmds', 'joint_states'}
+    assert entries['camera/image_raw']['gz_topic_name'] == given['gz_camera_topic']
+    assert entries['camera/image_raw']['direction'] == 'GZ_TO_ROS'
+    cmd = entries['servo_node/delta_twist_cmds']
+    assert (cmd['gz_topic_name'], cmd['direction'], cmd['ros_type_name']) == (
+        '/model/arm/cmd', 'ROS_TO_GZ', 'geometry_msgs/msg/TwistStamped')
+    params_file, wiring = params_of(nodes, 'defi_bringup')
+    declared = node_params()
+    for key in wiring:
+        assert any(key in declared[n] for n in EXECUTABLE_NODES['defi_bringup']), key
+    assert 'checkpoint' not in wiring                  # not given: the params file's
+    assert wiring['twist_topic'] == 'servo_node/delta_twist_cmds' and wiring['use_sim_time'] is True
+    # what the bridge carries is what the nodes read and write
+    values = bringup_values([params_file, _as_params_file(wiring, Path(bridge_params['config_file']).parent)])
+    assert values['forward_predictor']['camera_topics'] == ['camera/image_raw']
+    assert values['chunk_executor']['output_mode'] == 'twist'
+    nodes = launch_stubs.run(module, {k: v for k, v in given.items() if k != 'gz_joint_state_topic'})
+    (bridge_params,) = params_of(nodes, 'parameter_bridge')
+    assert 'joint_states' not in {e['ros_topic_name'] for e in yaml.safe_load(Path(bridge_params['config_file']).read_text())}
+
+
+def _as_params_file(values: dict, folder: Path) -> Path:
+    """A launch_ros parameter dict as the file it becomes (every node of the process)."""
+    path = folder / 'defi_gz_wiring_test.yaml'
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
+    return path
+
+
 def sim_node_config(files):
     """SimNodeConfig as defi_sim_node reads it from these params files (without building the sim)."""
     import rclpy
@@ -267,9 +308,10 @@ def bringup_values(files) -> dict:
     return out
 
 
-def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size():
+def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size(tmp_path, monkeypatch):
     """sim.launch.py: the installed base files, then the checkpoint's values: the sim renders at
     the checkpoint's 64 px, the predictor reads its camera, the decoder names the sim's actions."""
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))      # the files the launch writes
     module = load_launch('sim.launch.py')
     nodes = launch_stubs.run(module, {'checkpoint': str(CHECKPOINT), 'task': 'reach-v3'})
     sim_files, bringup_files = params_of(nodes, 'defi_sim_node'), params_of(nodes, 'defi_bringup')
