@@ -2,7 +2,8 @@
 as real child processes; this process resets the sim through its `sim/reset` service, sends an
 ExecuteInstruction goal per episode and reads success from `sim/success`. Latency is camera
 message -> ActionChunk. The shared configuration, the in-process runner and the pictures live in
-defi_sim.evaluate (see its docstring for how the two modes differ).
+defi_sim.evaluate (see its docstring for how the two modes differ). The two processes get the
+parameters of `ros2 launch defi_bringup sim.launch.py` (defi_sim.stack) plus this run's overrides.
 """
 from __future__ import annotations
 
