@@ -22,7 +22,8 @@ GFDM training samples/s (forward + backward + AdamW at batch 16 on real clips, m
 
 Writes benchmarks/results/video_prediction.json (or --out), the table into the generated section of
 the .md beside it (the rest of that file, the experiment log, is kept), and a .png of predicted vs
-real strips for the clips with the most motion, one per held-out task, up to --pictures.
+real strips (and overlays of frame t+k on frame t that show the direction of motion) for the clips
+with the most motion, one per held-out task, up to --pictures.
 The last printed line is the JSON record.
 """
 from __future__ import annotations
@@ -169,8 +170,10 @@ def time_training(gfdm, cache, episodes, steps: int = 12, warmup: int = 3, batch
 
 
 def picture(path: Path, pred, real, now, tasks, where, per_clip, max_clips: int) -> list:
-    """Per chosen clip four rows (camera 0): real frames, GFDM frames, |real - now|, |GFDM - now|
-    (x3, grey). Chosen: per held-out task, the clip whose real frames change most at the last horizon."""
+    """Per chosen clip four rows (camera 0): real frames, GFDM frames, and for each an overlay of the
+    current frame (cyan) with frame t+k (red): grey where nothing moves, red where something arrives,
+    cyan where it left, so the direction of motion shows at a glance. Chosen: per held-out task, the
+    clip whose real frames change most at the last horizon."""
     from PIL import Image, ImageDraw
     motion = (real[:, -1, 0] - now[:, 0]).abs().amax(1).gt(0.05).flatten(1).sum(1)   # changed px at t+T
     best: dict = {}
@@ -178,7 +181,7 @@ def picture(path: Path, pred, real, now, tasks, where, per_clip, max_clips: int)
         if tasks[i] not in best or motion[i] > motion[best[tasks[i]]]:
             best[tasks[i]] = i
     chosen = sorted(best.values(), key=lambda i: -int(motion[i]))[:max_clips]
-    scale, label_w = 2, 120
+    scale, label_w = 2, 150
     t = real.shape[1]
     hw = now.shape[-1] * scale
 
@@ -186,8 +189,10 @@ def picture(path: Path, pred, real, now, tasks, where, per_clip, max_clips: int)
         a = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         return Image.fromarray(a).resize((hw, hw), Image.NEAREST)
 
-    def diff(x):
-        return (x.abs().amax(0, keepdim=True) * 3).expand(3, -1, -1)
+    def overlay(frame, current):
+        luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
+        a, b = (frame * luma).sum(0), (current * luma).sum(0)
+        return torch.stack([a, b, b])
 
     rows_per_clip, title_h = 4, 14
     canvas = Image.new('RGB', (label_w + (t + 1) * hw, len(chosen) * (rows_per_clip * hw + title_h)), 'white')
@@ -199,12 +204,13 @@ def picture(path: Path, pred, real, now, tasks, where, per_clip, max_clips: int)
                   f'changed-pixel PSNR at t+{t}: GFDM {per_clip["model"][i, -1]:.1f} dB, '
                   f'copy {per_clip["copy"][i, -1]:.1f} dB', fill='black')
         y += title_h
-        rows = [('real', [now[i, 0]] + [real[i, k, 0] for k in range(t)]),
-                ('GFDM', [now[i, 0]] + [pred[i, k, 0] for k in range(t)]),
-                ('|real - now| x3', [torch.zeros_like(now[i, 0])] + [diff(real[i, k, 0] - now[i, 0]) for k in range(t)]),
-                ('|GFDM - now| x3', [torch.zeros_like(now[i, 0])] + [diff(pred[i, k, 0] - now[i, 0]) for k in range(t)])]
+        cur = now[i, 0]
+        rows = [('real', [cur] + [real[i, k, 0] for k in range(t)]),
+                ('GFDM', [cur] + [pred[i, k, 0] for k in range(t)]),
+                ('real: now cyan,\nt+k red', [overlay(cur, cur)] + [overlay(real[i, k, 0], cur) for k in range(t)]),
+                ('GFDM: now cyan,\nt+k red', [overlay(cur, cur)] + [overlay(pred[i, k, 0], cur) for k in range(t)])]
         for name, frames in rows:
-            draw.text((4, y + hw // 2 - 6), name, fill='black')
+            draw.multiline_text((4, y + hw // 2 - 12), name, fill='black')
             for j, f in enumerate(frames):
                 canvas.paste(tile(f), (label_w + j * hw, y))
             y += hw
@@ -233,7 +239,8 @@ def write_md(path: Path, rec: dict, png: Path) -> None:
             f'({rec["split"]}); {rec["sampling_steps"]} Heun steps from sigma {rec["sample_sigma_max"]:g} '
             f'({rec["network_calls"]} network calls), '
             f'**{rec["ms_per_prediction"]:.1f} ms** per prediction (batch 1, {rec["threads"]} thread(s)); '
-            f'GFDM training **{rec["train_samples_per_s"]:.1f} samples/s** (batch 16). '
+            + (f'GFDM training **{rec["train_samples_per_s"]:.1f} samples/s** (batch 16). '
+               if rec['train_samples_per_s'] else '') +
             f'Changed pixels: real change since t > {rec["change_threshold"]} '
             f'(share of pixels per horizon: {", ".join(f"{v:.3f}" for v in rec["changed_fraction"])}).', '',
             table(rec), '', f'![predicted vs real]({png.name})', '', MD_END]

@@ -49,6 +49,13 @@ class DefiConfig:
     p_std: float = 1.2
     gfdm_sigma_max_prob: float = 0.1     # share of GFDM training samples at exactly sigma_max: the
                                          # level features() runs at, far in the log-normal's tail
+    gfdm_p_mean: float | None = None     # GFDM's own training-sigma log-normal; None = p_mean / p_std
+    gfdm_p_std: float | None = None      # (which the action head shares)
+    gfdm_sample_sigma_max: float = 0.0   # sampler's first sigma; 0 = sigma_max (features() always
+                                         # reads sigma_max)
+    gfdm_warp_radius: int = 0            # > 0: each token also predicts a softmax over the
+                                         # (2r+1)^2 pixel shifts of the current frame, and the
+                                         # diffusion models the deviation from that warped frame
     # --- Video Former ------------------------------------------------------------------------
     vf_dim: int = 64
     vf_depth: int = 1
@@ -141,6 +148,10 @@ class DefiConfig:
             bad('state_dim', 'must be >= 0')
         if not 0 <= self.n_action_steps <= self.horizon:
             bad('n_action_steps', f'must be in [0, horizon={self.horizon}]')
+        if self.gfdm_warp_radius < 0:
+            bad('gfdm_warp_radius', 'must be >= 0')
+        if self.gfdm_sample_sigma_max < 0:
+            bad('gfdm_sample_sigma_max', 'must be >= 0 (0 = sigma_max)')
         if not 0 <= self.gfdm_feature_layer <= self.gfdm_depth:
             bad('gfdm_feature_layer', f'must be in [0, gfdm_depth={self.gfdm_depth}]')
         for name in ('gfdm', 'vf', 'gidm', 'head'):

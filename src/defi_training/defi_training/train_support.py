@@ -111,10 +111,33 @@ def build_model_config(cfg: TrainConfig, cache):
                 raise ConfigError(f'config key model.{key}={overrides[key]!r} does not match the episode cache '
                                   f'{cfg.data.cache} ({key}={value!r})')
     overrides.update(derived)
+    if cfg.stage == 'finetune':
+        for key, value in gfdm_stage_settings(cfg, overrides).items():
+            overrides.setdefault(key, value)
     try:
         return preset(name, **overrides), {'preset': name, **overrides, 'cameras': list(overrides['cameras'])}
     except (ValueError, TypeError) as err:
         raise ConfigError(f'model config: {err}') from None
+
+
+# DefiConfig fields only the GFDM reads that leave its other weights' shapes alone: how it was
+# trained, how it samples, and its optional warp head. Finetuning takes them from the GFDM stage
+# export unless its own model.* keys set them, so the export loads (strictly) and the policy's
+# predicted frames use the sampler the stage was trained for. Shapes (gfdm_dim, ...) must still match.
+GFDM_STAGE_FIELDS = ('gfdm_sampling_steps', 'gfdm_residual', 'sigma_data', 'sigma_min', 'sigma_max',
+                     'gfdm_sigma_max_prob', 'gfdm_p_mean', 'gfdm_p_std', 'gfdm_sample_sigma_max',
+                     'gfdm_warp_radius')
+
+
+def gfdm_stage_settings(cfg: TrainConfig, overrides: dict) -> dict:
+    """GFDM_STAGE_FIELDS of the finetune's GFDM stage export ({} when none is used or readable)."""
+    if (not cfg.gfdm_checkpoint or overrides.get('backbone', 'gfdm') != 'gfdm'
+            or overrides.get('gfdm_pretrained', True) is False
+            or not (Path(cfg.gfdm_checkpoint) / 'config.json').is_file()):
+        return {}
+    from defi_core.checkpoint import read_meta
+    saved = read_meta(cfg.gfdm_checkpoint).get('config', {})
+    return {k: saved[k] for k in GFDM_STAGE_FIELDS if k in saved}
 
 
 def cache_stats(cache) -> dict:

@@ -67,6 +67,17 @@ class GFDM(nn.Module):
         for m in (self.final_ada, self.out_proj, self.skip_gain):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        # Motion as a warp (cfg.gfdm_warp_radius > 0): a token cannot render a patch's edges moved
+        # by a pixel or two through a gfdm_dim-wide bottleneck, but it can pick the shift; the
+        # current frame supplies the pixels. Starts as "no shift".
+        self.warp_proj = None
+        if cfg.gfdm_warp_radius > 0:
+            k = (2 * cfg.gfdm_warp_radius + 1) ** 2
+            self.warp_proj = nn.Linear(d, k)
+            nn.init.zeros_(self.warp_proj.weight)
+            with torch.no_grad():
+                self.warp_proj.bias.zero_()
+                self.warp_proj.bias[k // 2] = 6.0   # 0.9 on "no shift"
         self._feature_noise: dict = {}     # (shape, device) -> the fixed noise draw of features()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -97,21 +108,41 @@ class GFDM(nn.Module):
             h = blk(h, cond)
         return h, cond
 
+    def _warped(self, h, cond_img):
+        """The current frame warped per token: a softmax over its (2r+1)^2 pixel shifts, weights
+        from the token. [B, T, V, 3, H, W] in the diffused space (minus the frame when residual)."""
+        cfg, p, r = self.cfg, self.cfg.patch_size, self.cfg.gfdm_warp_radius
+        b, t = h.shape[:2]
+        v, hw, side = cfg.num_views, cfg.image_size, 2 * cfg.gfdm_warp_radius + 1
+        w = self.warp_proj(h).softmax(-1).reshape(b, t, v, cfg.patches_per_view, -1)   # [B, T, V, P, K]
+        padded = F.pad(cond_img.flatten(0, 1), (r, r, r, r), mode='replicate').unflatten(0, (b, v))
+        shifted = torch.stack([padded[..., dy:dy + hw, dx:dx + hw] for dy in range(side) for dx in range(side)], 2)
+        shifted = patchify(shifted, p)                                                  # [B, V, K, P, 3*p*p]
+        out = torch.einsum('btvpk,bvkpd->btvpd', w, shifted)
+        out = unpatchify(out, p, 3, hw, hw)
+        return out - cond_img[:, None] if cfg.gfdm_residual else out
+
     def denoise(self, x_noisy, sigma, cond_img, lang):
-        """EDM denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise). x in [-1,1] pixel scale."""
+        """EDM denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise). x in [-1,1] pixel scale.
+        With the warp (gfdm_warp_radius > 0) it denoises around the warped current frame m:
+        D = m + c_skip (x - m) + c_out F."""
         cfg, p, s = self.cfg, self.cfg.patch_size, cfg_sigma(sigma, x_noisy)
         c_skip, c_out, c_in, _ = edm_scalings(s, cfg.sigma_data)
         bc = (-1,) + (1,) * (x_noisy.dim() - 1)
         x_scaled = x_noisy * c_in.view(bc)
         h, cond = self._trunk(x_scaled, s, cond_img, lang, len(self.blocks))
         shift, scale = self.final_ada(F.silu(cond))[:, None, None, :].chunk(2, dim=-1)
-        out = self.out_proj(modulate(self.final_norm(h), shift, scale))
+        h = modulate(self.final_norm(h), shift, scale)
+        out = self.out_proj(h)
         b, t = x_noisy.shape[:2]
         v, hw = cfg.num_views, cfg.image_size
         x_in = patchify(x_scaled, p).reshape(b, t, cfg.tokens_per_frame, -1)
         out = out + self.skip_gain(cond)[:, None, None, :] * x_in
         f = unpatchify(out.reshape(b, t, v, cfg.patches_per_view, -1), p, 3, hw, hw)
-        return c_skip.view(bc) * x_noisy + c_out.view(bc) * f
+        if self.warp_proj is None:
+            return c_skip.view(bc) * x_noisy + c_out.view(bc) * f
+        m = self._warped(h, cond_img)
+        return m + c_skip.view(bc) * (x_noisy - m) + c_out.view(bc) * f
 
     # -- public API --------------------------------------------------------------------------------
     def features(self, images, lang, noise=None) -> torch.Tensor:
@@ -153,8 +184,8 @@ class GFDM(nn.Module):
         lang = self._lang(lang)
         b = cond_img.shape[0]
         shape = (b, cfg.num_future_frames, cfg.num_views, 3, cfg.image_size, cfg.image_size)
-        sigmas = karras_sigmas(steps or cfg.gfdm_sampling_steps, cfg.sigma_min, cfg.sigma_max,
-                               device=cond_img.device)
+        sigmas = karras_sigmas(steps or cfg.gfdm_sampling_steps, cfg.sigma_min,
+                               cfg.gfdm_sample_sigma_max or cfg.sigma_max, device=cond_img.device)
         x = torch.randn(shape, generator=generator).to(cond_img.device) * sigmas[0]
         for x in edm_sample_steps(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun'):
             frames = x + cond_img[:, None] if cfg.gfdm_residual else x
@@ -176,7 +207,9 @@ class GFDM(nn.Module):
             target = target - cond_img[:, None]
         b = target.shape[0]
         if sigma is None:
-            sigma = (torch.randn(b, device=dev) * cfg.p_std + cfg.p_mean).exp()
+            p_mean = cfg.p_mean if cfg.gfdm_p_mean is None else cfg.gfdm_p_mean
+            p_std = cfg.p_std if cfg.gfdm_p_std is None else cfg.gfdm_p_std
+            sigma = (torch.randn(b, device=dev) * p_std + p_mean).exp()
             # features() reads the network at sigma_max (about 4.6 std above the log-normal's
             # mean): train that level explicitly so the features encode the predicted future
             at_max = torch.rand(b, device=dev) < cfg.gfdm_sigma_max_prob
