@@ -19,6 +19,7 @@ sample (deterministic Heun, one seeded noise draw per clip) and for the copy bas
                              (for both, so the two stay comparable).
 Cost: sampling steps (Heun: 2 network calls per step, 1 for the last), ms per prediction at batch 1,
 GFDM training samples/s (forward + backward + AdamW at batch 16 on real clips, median step).
+--sigma-curve adds where the denoiser fails: its error per noise level, next to the copy baseline's.
 
 Writes benchmarks/results/video_prediction.json (or --out), the table into the generated section of
 the .md beside it (the rest of that file, the experiment log, is kept), and a .png of predicted vs
@@ -129,6 +130,30 @@ def summarize(per_clip: dict) -> dict:
     return {name: [round(float(np.nanmean(col)), 4) for col in values.T.numpy()] for name, values in per_clip.items()}
 
 
+@torch.no_grad()
+def sigma_curve(gfdm, now_u8, fut_u8, tasks, threshold: float, seed: int, batch: int) -> list:
+    """Where the denoiser fails: its one-call estimate of the future frames from the real ones noised
+    at fixed sigmas, as MSE ([-1, 1] units) over every pixel and over the changed pixels, next to
+    the copy baseline's. At high sigma the estimate is the model's expected future."""
+    from defi_core.models.blocks import images_to_float
+    cfg = gfdm.cfg
+    cond = gfdm._cond_images(now_u8)
+    lang = gfdm._lang(tasks)
+    target = images_to_float(fut_u8, cfg.image_size)
+    diffused = target - cond[:, None] if cfg.gfdm_residual else target
+    changed = ((target - cond[:, None]).abs().amax(-3, keepdim=True) > 2 * threshold).expand_as(target)
+    noise = torch.randn(diffused.shape, generator=torch.Generator().manual_seed(seed))
+    copy_err = (target - cond[:, None]) ** 2
+    rows = [{'sigma': 'copy', 'mse': round(float(copy_err.mean()), 6),
+             'mse_changed': round(float(copy_err[changed].mean()), 5)}]
+    for sigma in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, cfg.sigma_max):
+        est = torch.cat([gfdm.denoise(diffused[i:i + batch] + noise[i:i + batch] * sigma, sigma,
+                                      cond[i:i + batch], lang[i:i + batch]) for i in range(0, len(tasks), batch)])
+        err = ((est + cond[:, None] if cfg.gfdm_residual else est) - target) ** 2
+        rows.append({'sigma': sigma, 'mse': round(float(err.mean()), 6), 'mse_changed': round(float(err[changed].mean()), 5)})
+    return rows
+
+
 def time_prediction(gfdm, now, task, reps: int) -> float:
     with torch.no_grad():
         for _ in range(2):
@@ -236,14 +261,22 @@ def write_md(path: Path, rec: dict, png: Path) -> None:
     body = [MD_BEGIN, '', f'## Latest run', '',
             f'_{rec["date"]} · {rec["machine"]} · `{rec["command"]}`_', '',
             f'Checkpoint `{rec["checkpoint"]}`; {rec["clips"]} clips from {len(rec["episodes"])} held-out episodes '
-            f'({rec["split"]}); {rec["sampling_steps"]} Heun steps from sigma {rec["sample_sigma_max"]:g} '
-            f'({rec["network_calls"]} network calls), '
+            f'({rec["split"]}); {rec["sampling_steps"]} sampler step(s) (Heun, the last one Euler) from sigma '
+            f'{rec["sample_sigma_max"]:g}, {rec["network_calls"]} network call(s), '
             f'**{rec["ms_per_prediction"]:.1f} ms** per prediction (batch 1, {rec["threads"]} thread(s)); '
             + (f'GFDM training **{rec["train_samples_per_s"]:.1f} samples/s** (batch 16). '
                if rec['train_samples_per_s'] else '') +
             f'Changed pixels: real change since t > {rec["change_threshold"]} '
             f'(share of pixels per horizon: {", ".join(f"{v:.3f}" for v in rec["changed_fraction"])}).', '',
-            table(rec), '', f'![predicted vs real]({png.name})', '', MD_END]
+            table(rec), '']
+    if rec.get('sigma_curve'):
+        body += ['Denoising error (MSE, [-1, 1] units) of one network call on the real future noised at sigma, '
+                 'next to copying the current frame:', '',
+                 '| sigma | ' + ' | '.join(str(r['sigma']) for r in rec['sigma_curve']) + ' |',
+                 '|---|' + '---:|' * len(rec['sigma_curve']),
+                 '| whole frame | ' + ' | '.join(f"{r['mse']:.5f}" for r in rec['sigma_curve']) + ' |',
+                 '| changed pixels | ' + ' | '.join(f"{r['mse_changed']:.4f}" for r in rec['sigma_curve']) + ' |', '']
+    body += [f'![predicted vs real]({png.name})', '', MD_END]
     text = path.read_text() if path.is_file() else '# Video prediction: GFDM vs copying the current frame\n\n'
     if MD_BEGIN in text and MD_END in text:
         head, rest = text.split(MD_BEGIN, 1)
@@ -267,6 +300,8 @@ def main() -> int:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--pictures', type=int, default=4, help='clips in the PNG (one per task)')
     p.add_argument('--no-train-timing', action='store_true', help='skip the training samples/s figure')
+    p.add_argument('--sigma-curve', action='store_true',
+                   help='also the denoising error per noise level (whole frame and changed pixels)')
     p.add_argument('--out', default=None, help='JSON file (default benchmarks/results/video_prediction.json); '
                    'the .md and .png go beside it')
     args = p.parse_args()
@@ -288,6 +323,8 @@ def main() -> int:
     changed_frac = [float(((real[:, k] - now).abs().amax(-3) > args.change_threshold).float().mean())
                     for k in range(real.shape[1])]
     ms = time_prediction(gfdm, now_u8[:1], tasks[0], reps=10)
+    curve = (sigma_curve(gfdm, now_u8, fut_u8, tasks, args.change_threshold, args.seed, args.batch)
+             if args.sigma_curve else None)
     train_sps = None
     if not args.no_train_timing:
         from defi_training.dataset import split_episodes
@@ -309,18 +346,19 @@ def main() -> int:
            'ms_per_prediction': round(ms, 2), 'train_samples_per_s': round(train_sps, 1) if train_sps else None,
            'threads': args.threads, 'checkpoint': args.checkpoint, 'cache': args.cache,
            'episodes': episodes, 'split': split_source, 'clips': len(tasks),
-           'tasks': sorted(set(tasks)), 'picture': str(png), 'picture_clips': shown,
+           'tasks': sorted(set(tasks)), 'picture': png.name, 'picture_clips': shown,
            'model_config': {k: getattr(cfg, k) for k in ('preset_name', 'image_size', 'patch_size', 'gfdm_dim',
                                                          'gfdm_depth', 'num_future_frames', 'future_stride',
                                                          'gfdm_residual', 'sigma_data', 'gfdm_warp_radius',
                                                          'gfdm_p_mean', 'gfdm_p_std', 'p_mean', 'p_std')},
+           'sigma_curve': curve,
            'wall_s': round(time.perf_counter() - t_start, 1)}
     from common import command, machine
     from datetime import datetime, timezone
     rec_md = dict(rec, machine=machine(), command=command(),
                   date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))
     print(table(rec_md))
-    print(f'{len(tasks)} clips, {len(episodes)} held-out episodes; {steps} Heun steps, {ms:.1f} ms per prediction; '
+    print(f'{len(tasks)} clips, {len(episodes)} held-out episodes; {steps} sampler steps, {ms:.1f} ms per prediction; '
           f'training {train_sps or float("nan"):.1f} samples/s; picture {png}')
     write_md(out.with_suffix('.md'), rec_md, png)
     emit('video_prediction', rec, str(out))
