@@ -168,3 +168,21 @@ def test_padded_actions_do_not_count():
     loss_b, mse_b = head.loss(ctx, garbage, is_pad)
     assert float(loss_a) == pytest.approx(float(loss_b)) and np.isfinite(float(loss_a))
     assert float(mse_a) == pytest.approx(float((actions[:, :-3] ** 2).mean()), rel=1e-5)
+
+
+def test_random_shift_moves_each_sample_by_at_most_pad_pixels():
+    import torch
+    from defi_core.policy import random_shift
+    # a single bright pixel per sample: after the shift it is still there, at most 2 px away
+    x = torch.zeros(6, 2, 3, 16, 16, dtype=torch.uint8)
+    x[:, :, :, 8, 8] = 255
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    moved = 0
+    for b in range(6):
+        r, c = (y[b, 0, 0] == 255).nonzero()[0].tolist()
+        assert abs(r - 8) <= 2 and abs(c - 8) <= 2
+        assert torch.equal(y[b, 0], y[b, 1])         # every view of a sample moves together
+        moved += (r, c) != (8, 8)
+    assert moved > 0
+    assert torch.equal(random_shift(x, 0), x)

@@ -80,7 +80,7 @@ class ScriptedChunkPolicy:
     def reset(self):
         pass
 
-    def predict_action_chunk(self, obs):
+    def predict_action_chunk(self, obs, generator=None):
         assert obs['observation.images.front'].shape == (1, 3, self.cfg.image_size, self.cfg.image_size)
         assert obs['task'] == ['reach the goal position']
         self.calls += 1

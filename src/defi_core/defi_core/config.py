@@ -85,6 +85,8 @@ class DefiConfig:
     action_sigma_min: float = 0.001
     action_sigma_max: float = 80.0
     vq_loss_weight: float = 1.0          # weight of GIDM's VQ loss during finetuning
+    image_shift_px: int = 0              # finetuning augmentation: every view shifted by up to this
+                                         # many pixels (edge-padded random crop, as in DrQ); 0 = off
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
@@ -146,6 +148,8 @@ class DefiConfig:
                 bad(name, 'must be > 0')
         if self.state_dim < 0:
             bad('state_dim', 'must be >= 0')
+        if not 0 <= self.image_shift_px < self.image_size // 2:
+            bad('image_shift_px', f'must be in [0, image_size/2={self.image_size // 2})')
         if not 0 <= self.n_action_steps <= self.horizon:
             bad('n_action_steps', f'must be in [0, horizon={self.horizon}]')
         if self.gfdm_warp_radius < 0:

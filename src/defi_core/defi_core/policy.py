@@ -20,6 +20,23 @@ from .models.video_former import VideoFormer
 from .normalization import Normalizer
 
 
+def random_shift(images: torch.Tensor, pad: int, generator=None) -> torch.Tensor:
+    """Each sample's views shifted by the same random offset in [-pad, pad] pixels (edge padding).
+
+    With a few dozen demonstrations per task a policy can key its actions on where the arm is in
+    the picture rather than on where the object is; small shifts break that shortcut (DrQ, Kostrikov
+    et al. 2020). images [B, V, 3, H, W] (any dtype) -> same shape and dtype."""
+    b, v, c, h, w = images.shape
+    x = images.reshape(b, v * c, h, w)
+    padded = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode='replicate')
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=images.device)
+    rows = (off[:, 0, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (off[:, 1, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    out = padded[torch.arange(b, device=images.device)[:, None, None, None],
+                 torch.arange(v * c, device=images.device)[None, :, None, None], rows, cols]
+    return out.to(images.dtype).reshape(b, v, c, h, w)
+
+
 class Coupling(nn.Module):
     """MLP from GFDM feature tokens into GIDM's input (frame-encoder token) space."""
 
@@ -225,6 +242,8 @@ class DefiPolicy(nn.Module):
         sigma: optional fixed action noise level, for evaluation curves (default: log-normal)."""
         norm = self._require_normalizer()
         images = batch['observation.images']
+        if self.training and self.cfg.image_shift_px > 0:
+            images = random_shift(images, self.cfg.image_shift_px)
         lang = self.encode_instruction(batch['task'])   # encode() takes one string or a batch of them
         feats = self.forward_features(images, lang)
         codes, tokens, vq_loss = self._latent(feats, lang)
