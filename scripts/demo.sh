@@ -5,8 +5,8 @@
 # prints the success per task and writes the pictures to outputs/demo/.
 #
 # Overrides (environment): DEFI_DEMO_CHECKPOINT (default models/defi_metaworld),
-# DEFI_DEMO_TASKS (default "reach-v3 button-press-topdown-v3"), DEFI_DEMO_EPISODES (default 3),
-# DEFI_DEMO_MAX_STEPS (default 200 control steps = 2.5 s of robot time), DEFI_DEMO_OUT,
+# DEFI_DEMO_TASKS (default "button-press-topdown-v3 door-open-v3"), DEFI_DEMO_EPISODES (default 3),
+# DEFI_DEMO_MAX_STEPS (default 300 control steps = 3.75 s of robot time), DEFI_DEMO_OUT,
 # DEFI_DEMO_ACTION_DT (seconds between chunk steps; default: 1/fps stored in the checkpoint).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,9 +15,9 @@ cd "$ROOT"
 source scripts/env.sh
 
 CHECKPOINT="${DEFI_DEMO_CHECKPOINT:-models/defi_metaworld}"
-read -r -a TASKS <<< "${DEFI_DEMO_TASKS:-reach-v3 button-press-topdown-v3}"
+read -r -a TASKS <<< "${DEFI_DEMO_TASKS:-button-press-topdown-v3 door-open-v3}"
 EPISODES="${DEFI_DEMO_EPISODES:-3}"
-MAX_STEPS="${DEFI_DEMO_MAX_STEPS:-200}"
+MAX_STEPS="${DEFI_DEMO_MAX_STEPS:-300}"
 OUT="${DEFI_DEMO_OUT:-outputs/demo}"
 
 if [[ ! -f "$CHECKPOINT/config.json" ]]; then
@@ -41,7 +41,7 @@ echo "[demo] starting the sim node and defi_bringup (ROS 2, lockstep on sim time
 start=$SECONDS
 rm -f "$OUT"/episode_*.mp4 "$OUT"/prediction_strip.png
 defi-eval --checkpoint "$CHECKPOINT" --tasks "${TASKS[@]}" --episodes "$EPISODES" \
-  --max-steps "$MAX_STEPS" --mode ros --out "$OUT" --pictures --threads 2 \
+  --max-steps "$MAX_STEPS" --mode ros --out "$OUT" --pictures \
   ${DEFI_DEMO_ACTION_DT:+--action-dt "$DEFI_DEMO_ACTION_DT"}
 rc=$?
 if [[ $rc != 0 ]]; then
