@@ -37,7 +37,7 @@ def inference_section(r):
                          f"{fmt(p['gidm_ms_median'])} | {fmt(p['video_former_ms_median'])} | "
                          f"{fmt(p['action_head_ms_median'])} | **{fmt(p['chunk_ms_median'])}** |")
     lines += ['', 'Target: base whole chunk <= 50 ms median on 2 cores. Peers on the same machines '
-              '(DESIGN.md): LeRobot ACT 35-42 ms, Diffusion Policy 1.0-1.1 s at 10 steps.']
+              '(measured earlier): LeRobot ACT 35-42 ms, Diffusion Policy 1.0-1.1 s at 10 steps.']
     return lines
 
 

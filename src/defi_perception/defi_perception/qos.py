@@ -1,4 +1,4 @@
-"""QoS profiles of the DeFI topics (the interface table in DESIGN.md)."""
+"""QoS profiles of the DeFI topics: one per kind of topic (sensor data, commands, latched state)."""
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 

@@ -40,7 +40,7 @@ class BringupParams:
                                     'between them); false: the stages talk through their topics')
     # 'single': the pipeline nodes on one SingleThreadedExecutor, the action server on its own
     # MultiThreadedExecutor (faster: see make_executors); 'multi': every node on one
-    # MultiThreadedExecutor (DESIGN.md's layout)
+    # MultiThreadedExecutor (the first design's layout)
     executor: str = param('single', 'single: pipeline on one thread, action server on its own | '
                           'multi: one MultiThreadedExecutor')
 
