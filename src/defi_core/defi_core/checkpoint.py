@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from .files import replace_directory, temp_directory_for
 from .config import SCHEMA_VERSION, DefiConfig
-from .config_types import check_field_types
 from .normalization import Normalizer
 
 CONFIG_FILE = 'config.json'
@@ -141,9 +140,7 @@ def load_config_from(dirpath, meta: dict | None = None) -> DefiConfig:
     meta = meta or read_meta(dirpath)
     path = Path(dirpath) / CONFIG_FILE
     try:
-        # a wrong-typed field names itself instead of failing in a comparison inside validate()
-        check_field_types(meta['config'], prefix='config.')
-        return DefiConfig.from_dict(meta['config'], source=str(path))
+        return DefiConfig.from_dict(meta['config'], source=str(path), field_prefix='config.')
     except (ValueError, TypeError) as err:
         text = str(err)
         raise CheckpointError(text if text.startswith(str(path)) else f'{path}: {text}') from None

@@ -181,16 +181,74 @@ class DefiConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = 'config') -> 'DefiConfig':
+    def from_dict(cls, d: dict[str, Any], source: str = 'config', field_prefix: str = '') -> 'DefiConfig':
+        """field_prefix: how the fields are named inside `source` (e.g. 'config.' in a checkpoint's
+        config.json), for the error message."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f'{source}: unknown DefiConfig field(s) {unknown}')
+        # a wrong-typed value names its field instead of failing in a comparison inside validate()
+        check_field_types(d, prefix=f'{source}: {field_prefix}')
         return cls(**d)
 
     def replace(self, **overrides) -> 'DefiConfig':
         return self.from_dict({**self.to_dict(), **overrides}, source='overrides')
 
+
+
+# ------------------------------------------------------------------------------------------
+# Type checks of field values from outside (a checkpoint's config.json, `model.<field>=...`
+# overrides): 'horizon: expected an integer, got 'ten'' instead of "'<=' not supported between
+# instances of 'str' and 'int'" from validate().
+
+def _expected(annotation: str) -> tuple[str, bool]:
+    """(base type name, None allowed) from a field annotation such as 'float | None'."""
+    parts = [p.strip() for p in str(annotation).split('|')]
+    nullable = 'None' in parts
+    base = [p for p in parts if p != 'None']
+    return (base[0] if len(base) == 1 else ''), nullable
+
+
+_WORDS = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string',
+          'tuple': 'a list of strings'}
+
+
+def _fits(base: str, value: Any) -> bool:
+    if base == 'int':
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == 'float':
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == 'bool':
+        return isinstance(value, bool)
+    if base == 'str':
+        return isinstance(value, str)
+    if base == 'tuple':         # cameras
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return True                 # a type this check does not know: DefiConfig.validate decides
+
+
+
+
+def field_type_error(name: str, value: Any) -> str | None:
+    """'expected <kind>, got <value>' when `value` does not fit DefiConfig field `name`, else None
+    (also None for names that are not fields: the caller reports those)."""
+    types = {f.name: f.type for f in fields(DefiConfig)}
+    if name not in types:
+        return None
+    base, nullable = _expected(types[name])
+    if (value is None and nullable) or _fits(base, value):
+        return None
+    null = ' or null' if nullable else ''
+    return f'expected {_WORDS.get(base, base)}{null}, got {value!r}'
+
+
+def check_field_types(data: dict, prefix: str = '') -> None:
+    """Raise ValueError '<prefix><field>: expected ..., got ...' for the first wrong-typed field."""
+    for name, value in data.items():
+        problem = field_type_error(name, value)
+        if problem:
+            raise ValueError(f'{prefix}{name}: {problem}')
 
 # Preset sizes. tiny: tests (< 2M params). base: CPU benchmark (<= 50 ms per chunk on 2 threads).
 # large: GPU, closer to the paper (head 4+4 layers x 384, Video Former 14 queries per frame).

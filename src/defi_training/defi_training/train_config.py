@@ -155,9 +155,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {cfg.data.val_fraction}")
     if not isinstance(cfg.model, dict):
         raise ConfigError("config key 'model': expected a mapping like {preset: tiny}")
-    from defi_core.config import PRESETS, DefiConfig    # ROS-free, cheap: fail before loading data
+    from defi_core.config import PRESETS, DefiConfig, field_type_error   # ROS-free, cheap: fail before loading data
     known = {f.name for f in dataclasses.fields(DefiConfig)} - {'preset_name'}
-    from defi_core.config_types import field_type_error
     for key, value in cfg.model.items():
         if key != 'preset' and key not in known:
             raise ConfigError(f'unknown config key {"model." + key!r} (not a field of defi_core DefiConfig)')
