@@ -55,3 +55,14 @@ def emit(name: str, figures: dict, out: str | None = None) -> dict:
     os.replace(tmp, path)
     print(json.dumps(record))
     return record
+
+
+def cache_tasks(cache) -> list:
+    """Meta-World task names of an episode cache's instructions (defi_sim.tasks), sorted."""
+    from defi_sim.tasks import INSTRUCTIONS
+    by_text = {text: name for name, text in INSTRUCTIONS.items()}
+    unknown = [t for t in cache.meta['tasks'] if t not in by_text]
+    if unknown:
+        raise SystemExit(f'{cache.path}: instruction(s) {unknown} are no Meta-World task of defi_sim.tasks; '
+                         'give the tasks with --tasks')
+    return sorted({by_text[t] for t in cache.meta['tasks']})

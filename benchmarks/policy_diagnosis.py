@@ -37,7 +37,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit  # noqa: E402
+from common import cache_tasks, emit  # noqa: E402
 
 APART = ('reach-v3',)          # reported, not averaged: the goal is hardly visible at 64 px
 FAILURE_KINDS = ('never_moves', 'wrong_direction', 'never_closes_gripper', 'oscillates', 'stalls_short',
@@ -170,20 +170,6 @@ def closed_loop(policy, tasks, seed: int, episodes: int, max_steps: int, log) ->
 def mean_over(rates: dict) -> float | None:
     kept = [v for t, v in rates.items() if t not in APART]
     return float(np.mean(kept)) if kept else None
-
-
-def cache_tasks(cache) -> list:
-    """Meta-World task names of the cache's episodes ('metaworld:<task>:seed<n>' sources)."""
-    from defi_sim.tasks import INSTRUCTIONS
-    by_instruction = {v: k for k, v in INSTRUCTIONS.items()}
-    names = []
-    for e in range(cache.num_episodes):
-        info = cache.episode_info(e)
-        source = str(info.get('source', ''))
-        name = source.split(':')[1] if source.startswith('metaworld:') else by_instruction.get(cache.task(e))
-        if name and name not in names:
-            names.append(name)
-    return names
 
 
 def main(argv=None) -> int:
