@@ -1,5 +1,6 @@
 """Evaluation statistics, results JSON/markdown, prediction strip PNG and episode mp4."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -22,6 +23,25 @@ from defi_training.evaluation import (EpisodeResult, PredictionRecord, bootstrap
 def test_wilson_interval_known_values(k, n, lo, hi):
     got = wilson_interval(k, n)
     assert got == pytest.approx((lo, hi), abs=1e-6)
+
+
+def _wilson_closed_form(k, n, z=1.959963984540054):
+    """The Wilson score interval written out (the project's formula before scipy.stats computed it)."""
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+
+
+def test_wilson_interval_equals_the_closed_form_for_every_count_up_to_60():
+    for n in range(1, 61):
+        for k in range(n + 1):
+            got = wilson_interval(k, n)
+            assert type(got[0]) is float and type(got[1]) is float       # JSON-ready, not numpy scalars
+            # the same formula evaluated in a different order: equal up to float rounding (a few ulp)
+            assert got == pytest.approx(_wilson_closed_form(k, n), rel=0, abs=1e-15), (k, n)
+            assert (got[0] == 0.0) == (k == 0) and (got[1] == 1.0) == (k == n)  # exact at the extremes
 
 
 def test_wilson_interval_rejects_impossible_counts():
