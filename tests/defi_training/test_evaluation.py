@@ -66,6 +66,16 @@ def test_bootstrap_matches_explicit_resampling_of_episodes():
     assert bootstrap_mean_interval(outcomes, seed=3) == bootstrap_mean_interval(outcomes, seed=3)
 
 
+def test_bootstrap_single_episode_task_is_a_constant_of_the_mean():
+    # one episode always redraws itself: the mean's interval is the other task's, mapped by (x + 1) / 2
+    a = [1, 0, 1, 0, 0, 1, 1]
+    _, lo_a, hi_a = bootstrap_mean_interval({'a': a}, seed=4)
+    mean, lo, hi = bootstrap_mean_interval({'a': a, 'b': [1]}, seed=4)
+    assert mean == pytest.approx((4 / 7 + 1) / 2)
+    assert (lo, hi) == pytest.approx(((lo_a + 1) / 2, (hi_a + 1) / 2), abs=1e-12)
+    assert lo_a < 4 / 7 < hi_a
+
+
 def test_bootstrap_degenerate_and_empty():
     assert bootstrap_mean_interval({'a': [1, 1], 'b': [1]}) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match='at least one episode'):

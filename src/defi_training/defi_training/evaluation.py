@@ -7,15 +7,16 @@ produce `EpisodeResult`s; this module turns them into
      "mean_success": rate, "ci95": [lo, hi], "latency_ms": {"median", "p95", "mean", "count"},
      "checkpoint": path, "mode": "inprocess" | "ros"}
 
-Intervals (95%):
+Intervals (95%, computed by scipy.stats):
 - per task: the Wilson score interval of the binomial success rate (well behaved at 0/n and n/n,
-  unlike the normal approximation);
+  unlike the normal approximation): `binomtest(k, n).proportion_ci(method='wilson')`;
 - mean across tasks (the unweighted mean of the per-task rates): a stratified percentile bootstrap
-  over episodes: each resample redraws every task's episodes with replacement within that task
-  (so each task keeps its episode count) and recomputes the mean of the per-task rates; 10000
-  resamples with a fixed seed, so the same episodes always give the same interval. When every
-  episode of every task has the same outcome the bootstrap interval collapses to a point; the
-  per-task Wilson intervals still show the uncertainty then.
+  over episodes (`scipy.stats.bootstrap`, one unpaired sample per task): each resample redraws
+  every task's episodes with replacement within that task (so each task keeps its episode count)
+  and recomputes the mean of the per-task rates; 10000 resamples with a fixed seed, so the same
+  episodes always give the same interval. When every episode of every task has the same outcome
+  the bootstrap interval collapses to a point; the per-task Wilson intervals still show the
+  uncertainty then.
 
 Pictures: a PNG strip per chosen step (top row: the real frame at t and the GFDM's predicted future
 frames; bottom row: the same real frame and the real frames that followed) and an h264 mp4 of an
@@ -24,7 +25,6 @@ episode written with PyAV.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +38,6 @@ __all__ = [
     'PredictionRecord', 'prediction_strip', 'save_prediction_strips', 'write_video',
     'predicted_frames_for_view', 'load_results', 'to_hwc_uint8',
 ]
-
-Z_95 = 1.959963984540054  # two-sided 95% normal quantile
-
 
 @dataclass
 class EpisodeResult:
@@ -57,37 +54,42 @@ class EpisodeResult:
 # ------------------------------------------------------------------------------------ statistics
 
 
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple:
-    """Wilson score interval for `successes` out of `n` Bernoulli trials."""
+def wilson_interval(successes: int, n: int, confidence_level: float = 0.95) -> tuple:
+    """Wilson score interval for `successes` out of `n` Bernoulli trials (scipy.stats.binomtest)."""
     if n < 0 or successes < 0 or successes > n:
         raise ValueError(f'wilson_interval: need 0 <= successes <= n, got {successes}/{n}')
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    # Rounding can push the bounds a hair past the exact 0/1 at the extremes.
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return (lo, hi)
+    from scipy.stats import binomtest
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence_level, method='wilson')
+    return (float(ci.low), float(ci.high))
 
 
 def bootstrap_mean_interval(outcomes_per_task: Mapping[str, Sequence[bool]], resamples: int = 10000,
                             seed: int = 0, level: float = 0.95) -> tuple:
-    """(mean of per-task success rates, lo, hi) with a stratified percentile bootstrap over episodes."""
+    """(mean of per-task success rates, lo, hi) with a stratified percentile bootstrap over episodes.
+
+    scipy.stats.bootstrap with one sample per task (unpaired: each task's episodes are redrawn
+    with replacement within that task). A task with a single episode always redraws that
+    episode, so it enters as a constant (scipy needs two or more observations per sample).
+    """
     groups = [np.asarray(v, dtype=np.float64) for v in outcomes_per_task.values()]
     if not groups or any(g.size == 0 for g in groups):
         raise ValueError('bootstrap_mean_interval: every task needs at least one episode')
     mean = float(np.mean([g.mean() for g in groups]))
-    rng = np.random.default_rng(seed)
-    # per task: resampled success rate = (successes in n draws with replacement) / n, which is
-    # binomial(n, p_hat): drawing it directly is the same bootstrap, without an [R, n] index array.
-    rates = np.stack([rng.binomial(g.size, g.mean(), size=resamples) / g.size for g in groups])
-    means = rates.mean(axis=0)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    varying = [g for g in groups if g.size > 1]
+    if not varying:
+        return mean, mean, mean
+    fixed = sum(float(g[0]) for g in groups if g.size == 1)
+    from scipy.stats import bootstrap
+
+    def mean_of_rates(*samples, axis=-1):
+        return (sum(s.mean(axis=axis) for s in samples) + fixed) / len(groups)
+
+    res = bootstrap(tuple(varying), mean_of_rates, n_resamples=resamples, confidence_level=level,
+                    method='percentile', vectorized=True, paired=False, axis=-1,
+                    rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
     return mean, float(min(lo, mean)), float(max(hi, mean))
 
 
