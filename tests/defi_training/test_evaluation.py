@@ -136,6 +136,22 @@ def test_validate_results_names_the_bad_field():
     del broken['tasks']['reach-v3']['episodes']
     with pytest.raises(ValueError, match='episodes'):
         validate_results(broken)
+    broken = json.loads(json.dumps(results))
+    broken['tasks']['push-v3']['ci95'] = [0.6, 0.9]              # the rate 0.5 lies outside
+    with pytest.raises(ValueError, match=r"tasks\['push-v3'\]\.ci95: need 0 <= lo <= 0.5"):
+        validate_results(broken)
+    broken = json.loads(json.dumps(results))
+    broken['mean_success'] = 'high'
+    with pytest.raises(ValueError, match=r"results\.mean_success: 'high' outside \[0, 1\]"):
+        validate_results(broken)
+    broken = json.loads(json.dumps(results))
+    del broken['latency_ms']['p95']
+    with pytest.raises(ValueError, match=r'results\.latency_ms: keys'):
+        validate_results(broken)
+    broken = json.loads(json.dumps(results))
+    broken['tasks']['reach-v3'] = [1, 2]
+    with pytest.raises(ValueError, match=r"results\.tasks\['reach-v3'\]: keys"):
+        validate_results(broken)
 
 
 # ------------------------------------------------------------------------------ pictures

@@ -124,40 +124,45 @@ def summarize(episodes: Sequence[EpisodeResult], checkpoint: str, mode: str,
             'latency_ms': latency_summary(latencies), 'checkpoint': str(checkpoint), 'mode': str(mode)}
 
 
+RESULT_KEYS = ('tasks', 'mean_success', 'ci95', 'latency_ms', 'checkpoint', 'mode')
+TASK_KEYS = ('success', 'ci95', 'episodes', 'mean_length')
+LATENCY_KEYS = ('median', 'p95', 'mean', 'count')
+MODES = ('inprocess', 'ros')
+
+
 def validate_results(results: Mapping) -> None:
-    """Raise ValueError naming the field when `results` does not follow the results schema."""
-    def bad(where, why):
-        raise ValueError(f'results{where}: {why}')
+    """Raise ValueError naming the field when `results` does not follow the results schema.
 
-    def check_interval(where, ci, centre):
-        if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
-            bad(where, f'must be [lo, hi], got {ci!r}')
-        if not (0.0 <= ci[0] <= centre <= ci[1] <= 1.0):
-            bad(where, f'need 0 <= lo <= {centre} <= hi <= 1, got {ci!r}')
+    Checked here rather than by a schema library: the schema is three key sets and a few ranges,
+    no schema library is a direct dependency (jsonschema is not installed; pydantic comes only
+    through the Hub client's CLI), and the message names the field as `results.tasks['x'].success`.
+    """
+    def need(ok, where, why):
+        if not ok:
+            raise ValueError(f'results{where}: {why}')
 
-    expected = {'tasks', 'mean_success', 'ci95', 'latency_ms', 'checkpoint', 'mode'}
-    if set(results) != expected:
-        bad('', f'keys {sorted(results)} differ from {sorted(expected)}')
-    if not isinstance(results['tasks'], Mapping) or not results['tasks']:
-        bad('.tasks', 'must be a non-empty mapping')
+    def keys(d, expected, where):
+        need(isinstance(d, Mapping) and set(d) == set(expected), where,
+             f'keys {sorted(d) if isinstance(d, Mapping) else d!r} differ from {sorted(expected)}')
+
+    def rate_with_interval(where, rate, ci_where, ci):
+        need(isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0, where, f'{rate!r} outside [0, 1]')
+        need(isinstance(ci, (list, tuple)) and len(ci) == 2, ci_where, f'must be [lo, hi], got {ci!r}')
+        need(0.0 <= ci[0] <= rate <= ci[1] <= 1.0, ci_where, f'need 0 <= lo <= {rate} <= hi <= 1, got {ci!r}')
+
+    keys(results, RESULT_KEYS, '')
+    need(isinstance(results['tasks'], Mapping) and results['tasks'], '.tasks', 'must be a non-empty mapping')
     for name, t in results['tasks'].items():
-        keys = {'success', 'ci95', 'episodes', 'mean_length'}
-        if set(t) != keys:
-            bad(f'.tasks[{name!r}]', f'keys {sorted(t)} differ from {sorted(keys)}')
-        if not 0.0 <= t['success'] <= 1.0:
-            bad(f'.tasks[{name!r}].success', f'{t["success"]} outside [0, 1]')
-        check_interval(f'.tasks[{name!r}].ci95', t['ci95'], t['success'])
-        if not (isinstance(t['episodes'], int) and t['episodes'] > 0):
-            bad(f'.tasks[{name!r}].episodes', f'must be a positive int, got {t["episodes"]!r}')
-        if not t['mean_length'] >= 0:
-            bad(f'.tasks[{name!r}].mean_length', f'must be >= 0, got {t["mean_length"]!r}')
-    if not 0.0 <= results['mean_success'] <= 1.0:
-        bad('.mean_success', f'{results["mean_success"]} outside [0, 1]')
-    check_interval('.ci95', results['ci95'], results['mean_success'])
-    if set(results['latency_ms']) != {'median', 'p95', 'mean', 'count'}:
-        bad('.latency_ms', f'keys {sorted(results["latency_ms"])} differ from median/p95/mean/count')
-    if results['mode'] not in ('inprocess', 'ros'):
-        bad('.mode', f"must be 'inprocess' or 'ros', got {results['mode']!r}")
+        where = f'.tasks[{name!r}]'
+        keys(t, TASK_KEYS, where)
+        rate_with_interval(f'{where}.success', t['success'], f'{where}.ci95', t['ci95'])
+        need(isinstance(t['episodes'], int) and t['episodes'] > 0, f'{where}.episodes',
+             f'must be a positive int, got {t["episodes"]!r}')
+        need(isinstance(t['mean_length'], (int, float)) and t['mean_length'] >= 0, f'{where}.mean_length',
+             f'must be >= 0, got {t["mean_length"]!r}')
+    rate_with_interval('.mean_success', results['mean_success'], '.ci95', results['ci95'])
+    keys(results['latency_ms'], LATENCY_KEYS, '.latency_ms')
+    need(results['mode'] in MODES, '.mode', f"must be 'inprocess' or 'ros', got {results['mode']!r}")
 
 
 def _fmt_ci(ci) -> str:
