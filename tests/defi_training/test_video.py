@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from defi_training.sources import Report
-from defi_training.sources.video import decode_video, probe_video, read_video, video_instruction, write_video
+from defi_training.sources.video import (VideoWriter, decode_video, probe_video, read_video, video_instruction,
+                                         write_video)
 from defi_training.topic_map import TopicMap
 
 TM = TopicMap(image_size=16, fps=10, action={'source': 'none', 'topic': None}, state={'topic': None})
@@ -77,6 +78,35 @@ def test_bad_sidecar_and_bad_video_are_reported(tmp_path):
 def test_h264_needs_even_size(tmp_path):
     with pytest.raises(ValueError, match='even'):
         write_video(tmp_path / 'odd.mp4', np.zeros((2, 15, 16, 3), np.uint8), fps=10)
+
+
+def test_video_writer_appends_across_calls_with_one_frame_per_tick_and_short_gop(tmp_path):
+    import av
+    path = tmp_path / 'two_episodes.mp4'
+    with VideoWriter(path, 32, 32, fps=10, gop=2) as writer:      # episode after episode, as write_lerobot does
+        for img in gray_frames(5):
+            writer.write(img)
+        assert writer.frames == 5
+        for img in gray_frames(4, step=30):
+            writer.write(img)
+    frames, times = decode_video(path)
+    assert frames.shape == (9, 32, 32, 3)
+    np.testing.assert_allclose(times, np.arange(9) / 10, atol=1e-6)
+    assert _levels(frames[:5]).tolist() == [0, 1, 2, 3, 4] and _levels(frames[5:], step=30).tolist() == [0, 1, 2, 3]
+    with av.open(str(path)) as c:
+        keys = [f.key_frame for f in c.decode(c.streams.video[0])]
+    assert keys[0] and not any(not a and not b for a, b in zip(keys, keys[1:]))   # a keyframe every <= 2 frames
+
+
+def test_video_writer_rejects_a_frame_of_another_size_and_aborts_without_flushing(tmp_path):
+    with pytest.raises(ValueError, match=r'frame 1 has shape \(16, 16, 3\), expected \(32, 32, 3\)'):
+        with VideoWriter(tmp_path / 'x.mp4', 32, 32, fps=10) as writer:
+            writer.write(gray_frames(1)[0])
+            writer.write(gray_frames(1, size=16)[0])
+    writer.close()                                                # closing again does nothing
+    with pytest.raises(ValueError, match='even'):
+        VideoWriter(tmp_path / 'odd.mp4', 15, 16, fps=10)
+    assert not (tmp_path / 'odd.mp4').exists()
 
 
 def test_truncated_video_gives_a_warning(tmp_path, capsys):

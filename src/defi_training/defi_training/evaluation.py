@@ -20,7 +20,7 @@ Intervals (95%, computed by scipy.stats):
 
 Pictures: a PNG strip per chosen step (top row: the real frame at t and the GFDM's predicted future
 frames; bottom row: the same real frame and the real frames that followed) and an h264 mp4 of an
-episode written with PyAV.
+episode written with PyAV (the project's one writer, sources.video.VideoWriter).
 """
 from __future__ import annotations
 
@@ -305,12 +305,11 @@ def save_prediction_strips(path, records: Sequence[PredictionRecord], scale: int
 
 
 def write_video(path, frames: Sequence, fps: float = 20.0, scale: int = 1) -> Path:
-    """Write RGB frames (uint8 [H, W, 3], all the same size) as an h264 mp4 with PyAV.
+    """Write RGB frames (uint8 [H, W, 3], all the same size) as an h264 mp4 (sources.video.VideoWriter).
 
     yuv420p needs even sizes: odd sizes are padded by one pixel (edge-replicated).
     """
-    import av
-    from fractions import Fraction
+    from .sources.video import VideoWriter
 
     if len(frames) == 0:
         raise ValueError('write_video: no frames')
@@ -319,11 +318,7 @@ def write_video(path, frames: Sequence, fps: float = 20.0, scale: int = 1) -> Pa
     eh, ew = h + (h % 2), w + (w % 2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(path), mode='w') as container:
-        stream = container.add_stream('h264', rate=rate)
-        stream.width, stream.height, stream.pix_fmt = ew, eh, 'yuv420p'
-        stream.options = {'crf': '20', 'preset': 'veryfast'}
+    with VideoWriter(path, ew, eh, fps, codec='libx264', crf=20) as writer:
         for i, frame in enumerate(frames):
             arr = to_hwc_uint8(frame)
             if scale != 1:
@@ -332,10 +327,7 @@ def write_video(path, frames: Sequence, fps: float = 20.0, scale: int = 1) -> Pa
                 raise ValueError(f'write_video: frame {i} has shape {arr.shape}, expected {(h, w, 3)}')
             if (eh, ew) != (h, w):
                 arr = np.pad(arr, ((0, eh - h), (0, ew - w), (0, 0)), mode='edge')
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(arr)
     return path
 
 

@@ -27,6 +27,7 @@ from defi_core.timesync import asof_indices, fixed_rate_times
 
 from ..topic_map import TopicMap
 from . import Episode, Report
+from .video import VideoWriter
 
 __all__ = ['CODEBASE_VERSION', 'read_lerobot', 'write_lerobot', 'episodes_from_cache', 'lerobot_info']
 
@@ -292,14 +293,13 @@ def _pandas_index_meta(index_col: str, cols: list[tuple[str, str]]) -> bytes:
 def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, *, robot_type: str | None = None,
                   overwrite: bool = False, crf: int = 18, report: Report | None = None) -> Path:
     """Write episodes as a LeRobot v3 dataset (atomically: temp folder, then rename)."""
-    import av
     import pyarrow as pa
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
     report = report or Report()
     tmp = temp_directory_for(out_dir, overwrite)
     (tmp / 'meta').mkdir()
-    writers: dict[str, tuple] = {}
+    writers: dict[str, VideoWriter] = {}
     rows: dict[str, list] = {k: [] for k in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index')}
     states, actions = [], []
     image_stats: dict[str, list] = {}      # camera -> stats of each episode
@@ -307,8 +307,6 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
     tasks: dict[str, int] = {}
     ref = None
     total = 0
-    from fractions import Fraction
-    rate = Fraction(fps).limit_denominator(1000)
     try:
         for ep in episodes:
             cams = list(ep.frames)
@@ -324,12 +322,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
                     key = IMAGE_PREFIX + c
                     vp = tmp / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
                     vp.parent.mkdir(parents=True, exist_ok=True)
-                    container = av.open(str(vp), mode='w')
-                    stream = container.add_stream('libx264', rate=rate)
-                    stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
-                    stream.options = {'crf': str(crf), 'preset': 'veryfast', 'g': '2'}
-                    stream.codec_context.time_base = Fraction(1, 1) / rate
-                    writers[c] = (container, stream, [0])
+                    writers[c] = VideoWriter(vp, w, h, fps, crf=crf, gop=2)
             elif sig != ref:
                 report.skip(ep.source, f'episode shape {sig} differs from the first episode {ref}')
                 continue
@@ -341,14 +334,9 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
                    'dataset_from_index': total, 'dataset_to_index': total + n,
                    'meta/episodes/chunk_index': 0, 'meta/episodes/file_index': 0}
             for c in cams:
-                container, stream, counter = writers[c]
-                start = counter[0]
+                start = writers[c].frames
                 for img in ep.frames[c]:
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, np.uint8), format='rgb24')
-                    frame.pts = counter[0]
-                    counter[0] += 1
-                    for pkt in stream.encode(frame):
-                        container.mux(pkt)
+                    writers[c].write(img)
                 key = IMAGE_PREFIX + c
                 row[f'videos/{key}/chunk_index'] = 0
                 row[f'videos/{key}/file_index'] = 0
@@ -379,10 +367,8 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
             total += n
             report.episodes += 1
             report.frames += n
-        for container, stream, _ in writers.values():
-            for pkt in stream.encode():
-                container.mux(pkt)
-            container.close()
+        for writer in writers.values():
+            writer.close()
         writers = {}
         if ref is None:
             raise ValueError('no episode to export')
@@ -441,9 +427,9 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
         (tmp / 'meta' / 'stats.json').write_text(json.dumps(stats, indent=2))
         replace_directory(tmp, out_dir)
     except BaseException:
-        for container, _, _ in writers.values():
+        for writer in writers.values():
             try:
-                container.close()
+                writer.close(flush=False)
             except Exception:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)

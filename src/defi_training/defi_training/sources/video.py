@@ -20,7 +20,7 @@ from defi_core.timesync import asof_indices, fixed_rate_times
 from ..topic_map import TopicMap
 from . import Episode, Report
 
-__all__ = ['read_video', 'video_instruction', 'decode_video', 'write_video', 'probe_video']
+__all__ = ['read_video', 'video_instruction', 'decode_video', 'write_video', 'VideoWriter', 'probe_video']
 
 _CSV_NAMES = ('instructions.csv', 'tasks.csv', 'metadata.csv')
 _FILE_COLS = ('file', 'filename', 'video', 'path')
@@ -103,26 +103,77 @@ def decode_video(path: str | Path, size: int | None = None) -> tuple[np.ndarray,
     return np.stack(frames)[order], times[order]
 
 
+_H264 = ('libx264', 'h264')
+
+
+class VideoWriter:
+    """RGB frames in, one video file out (PyAV): the one encoder behind every video the project writes.
+
+    Frame i gets pts i in a time base of 1/fps, so frames can be added across calls (episode
+    after episode into one file, as write_lerobot does). h264 (the default) uses yuv420p, which
+    needs even sizes; `gop` sets the keyframe interval (LeRobot seeks better with short GOPs).
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, codec: str = 'libx264',
+                 crf: int = 18, gop: int | None = None, pix_fmt: str = 'yuv420p'):
+        import av
+        from fractions import Fraction
+        if codec in _H264 and pix_fmt == 'yuv420p' and (height % 2 or width % 2):
+            raise ValueError(f'{path}: h264 with yuv420p needs even frame sizes, got {width}x{height}')
+        self._av = av
+        self.path, self.width, self.height, self.frames = Path(path), int(width), int(height), 0
+        rate = Fraction(fps).limit_denominator(1000)
+        self._container = av.open(str(path), mode='w')
+        try:
+            self._stream = self._container.add_stream('libx264' if codec == 'h264' else codec, rate=rate)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = self.width, self.height, pix_fmt
+            self._stream.codec_context.time_base = 1 / rate
+            if codec in _H264:
+                self._stream.options = {'crf': str(crf), 'preset': 'veryfast',
+                                        **({'g': str(gop)} if gop is not None else {})}
+        except Exception:
+            self._container.close()
+            raise
+
+    def write(self, img: np.ndarray) -> None:
+        """Append one uint8 [H, W, 3] RGB frame of the writer's size."""
+        img = np.ascontiguousarray(img, np.uint8)
+        if img.shape != (self.height, self.width, 3):
+            raise ValueError(f'{self.path}: frame {self.frames} has shape {img.shape}, '
+                             f'expected {(self.height, self.width, 3)}')
+        frame = self._av.VideoFrame.from_ndarray(img, format='rgb24')
+        frame.pts = self.frames
+        self.frames += 1
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self, flush: bool = True) -> None:
+        """Flush the encoder (unless aborting) and close the file; later calls do nothing."""
+        if self._container is None:
+            return
+        try:
+            if flush:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(flush=exc_type is None)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = 'libx264',
-                crf: int = 18, pix_fmt: str = 'yuv420p') -> None:
+                crf: int = 18, pix_fmt: str = 'yuv420p', gop: int | None = 30) -> None:
     """uint8 [N, H, W, 3] -> a video file (h264 mp4 by default; libvpx-vp9 for webm, mpeg4 for avi)."""
-    import av
-    from fractions import Fraction
     frames = np.asarray(frames, np.uint8)
-    n, h, w, _ = frames.shape
-    if codec in ('libx264', 'h264') and (h % 2 or w % 2):
-        raise ValueError(f'{path}: h264 with yuv420p needs even frame sizes, got {w}x{h}')
-    rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(path), mode='w') as c:
-        s = c.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        if codec in ('libx264', 'h264'):
-            s.options = {'crf': str(crf), 'preset': 'veryfast', 'g': '30'}
+    _, h, w, _ = frames.shape
+    with VideoWriter(path, w, h, fps, codec=codec, crf=crf, gop=gop, pix_fmt=pix_fmt) as writer:
         for img in frames:
-            for packet in s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+            writer.write(img)
 
 
 def read_video(path: str | Path, tm: TopicMap, report: Report, camera: str | None = None) -> Iterator[Episode]:
