@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from defi_core.image_codec import encode_image
 from defi_core.msg_types import typestore
 
 __all__ = ['SyntheticBag', 'write_synthetic_bag', 'synthetic_image']
@@ -182,20 +183,14 @@ def write_synthetic_bag(
 
 
 def _image_msg(T, header, rgb: np.ndarray, encoding: str, pad: int):
-    h, w, _ = rgb.shape
-    if encoding == 'rgb8':
-        pix = rgb
-    elif encoding == 'bgr8':
-        pix = rgb[..., ::-1]
-    elif encoding == 'rgba8':
-        pix = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=2)
-    elif encoding == 'mono8':
-        pix = rgb[..., :1]
-    else:
-        raise ValueError(f'encoding: synthetic bags support rgb8/bgr8/rgba8/mono8, not {encoding!r}')
-    rows = pix.reshape(h, -1)
-    step = rows.shape[1] + pad
-    buf = np.zeros((h, step), np.uint8)
-    buf[:, :rows.shape[1]] = rows
+    """A sensor_msgs/Image of `rgb` (image_codec.encode_image) with `pad` bytes after each row.
+
+    mono8 carries the red channel (the sample index), so alignment stays checkable in grey too.
+    """
+    if encoding == 'mono8':
+        rgb = np.repeat(rgb[..., :1], 3, axis=2)      # grey whose value is the red channel
+    encoding, h, w, step, data = encode_image(rgb, encoding)
+    buf = np.zeros((h, step + pad), np.uint8)
+    buf[:, :step] = np.frombuffer(data, np.uint8).reshape(h, step)
     return T['sensor_msgs/msg/Image'](header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
-                                      step=step, data=buf.reshape(-1))
+                                      step=step + pad, data=buf.reshape(-1))
