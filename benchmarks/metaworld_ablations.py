@@ -258,44 +258,41 @@ def goals(plan: Plan, rows: list) -> list:
     return lines
 
 
-def svg_plot(plan: Plan, rows: list) -> str:
-    """Success vs K per variant, as a small self-contained SVG (no plotting library needed)."""
-    w, h, left, bottom, top, right = 560, 340, 50, 40, 20, 150
+def plot_success_vs_k(plan: Plan, rows: list, path: Path) -> Path:
+    """Success vs K per variant (mean and 95% interval) as an SVG drawn with matplotlib.
+
+    The file is the same for the same rows: no date in the metadata, fixed element ids, text kept
+    as text (not glyph outlines).
+    """
+    import matplotlib
+    from matplotlib.figure import Figure      # no pyplot: no GUI backend, no global figure state
+    from matplotlib.ticker import PercentFormatter
+
     ks = sorted(plan.ks)
-    colors = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b']
-
-    def x(k):
-        return left + (w - left - right) * (0.5 if len(ks) == 1 else ks.index(k) / (len(ks) - 1))
-
-    def y(v):
-        return top + (h - top - bottom) * (1 - v)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{w}" height="{h}" fill="white"/>']
-    for v in (0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0%}</text>')
-    for k in ks:
-        parts.append(f'<text x="{x(k):.1f}" y="{h - bottom + 16}" text-anchor="middle">K={k}</text>')
-    parts.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 6}" text-anchor="middle">'
-                 'demonstrations per task</text>')
-    for i, name in enumerate(plan.variants):
-        pts = sorted((r['k'], r) for r in rows if r['variant'] == name)
-        if not pts:
-            continue
-        c = colors[i % len(colors)]
-        dx = (i - len(plan.variants) / 2) * 3        # spread the error bars a little
-        if len(pts) > 1:
-            path = ' '.join(f'{x(k) + dx:.1f},{y(r["mean"]):.1f}' for k, r in pts)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for k, r in pts:
-            lo, hi = r['ci95']
-            parts.append(f'<line x1="{x(k) + dx:.1f}" x2="{x(k) + dx:.1f}" y1="{y(lo):.1f}" y2="{y(hi):.1f}" '
-                         f'stroke="{c}"/><circle cx="{x(k) + dx:.1f}" cy="{y(r["mean"]):.1f}" r="3.5" fill="{c}"/>')
-        ly = top + 16 * i
-        parts.append(f'<rect x="{w - right + 12}" y="{ly}" width="10" height="10" fill="{c}"/>'
-                     f'<text x="{w - right + 27}" y="{ly + 9}">{name}</text>')
-    parts.append('</svg>')
-    return '\n'.join(parts) + '\n'
+    with matplotlib.rc_context({'svg.hashsalt': 'metaworld', 'svg.fonttype': 'none', 'font.size': 9}):
+        fig = Figure(figsize=(5.6, 3.4))
+        ax = fig.subplots()
+        for i, name in enumerate(plan.variants):
+            pts = sorted((r['k'], r) for r in rows if r['variant'] == name)
+            if not pts:
+                continue
+            dx = (i - (len(plan.variants) - 1) / 2) * 0.03   # spread the error bars a little
+            x = [ks.index(k) + dx for k, _ in pts]
+            mean = [r['mean'] for _, r in pts]
+            err = [[r['mean'] - r['ci95'][0] for _, r in pts], [r['ci95'][1] - r['mean'] for _, r in pts]]
+            ax.errorbar(x, mean, yerr=err, marker='o', markersize=4, linewidth=2, elinewidth=1,
+                        label=name, color=f'C{i % 10}')
+        ax.set_xticks(range(len(ks)), [f'K={k}' for k in ks])
+        ax.set_xlim(-0.5, len(ks) - 0.5)
+        ax.set_ylim(0, 1)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.grid(axis='y', color='#ddd')
+        ax.set_xlabel('demonstrations per task')
+        ax.set_ylabel('mean success (95% interval)')
+        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, format='svg', metadata={'Date': None})
+    return path
 
 
 def markdown(plan: Plan, rows: list, runner: Runner, wall_s: float, mode: str, record: dict) -> str:
@@ -407,7 +404,7 @@ def main() -> int:
         'reused_stages': runner.reused, 'failures': failures,
     }, out=str(out_json))
     out_json.with_suffix('.md').write_text(markdown(plan, rows, runner, wall_s, mode, record))
-    out_json.with_suffix('.svg').write_text(svg_plot(plan, rows))
+    plot_success_vs_k(plan, rows, out_json.with_suffix('.svg'))
     return 1 if failures else 0
 
 
