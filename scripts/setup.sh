@@ -94,7 +94,11 @@ fi
 
 # --- 5. colcon build (symlink install: python edits need no rebuild) -----------------------------
 # Rebuild only when something a build consumes changes: manifests, setup files, interfaces, CMake.
-BUILD_KEY="$(find src -type f \( -name package.xml -o -name setup.py -o -name setup.cfg \
+# tf2_msgs has no PyPI wheel: build the upstream copy in vendor/ unless a system ROS 2 (or the
+# wheels) already have it; building it there too would shadow the real package.
+BASE_PATHS=(src)
+if [[ ! -f "${SYSTEM_ROS:-$VENV}/share/tf2_msgs/package.xml" ]]; then BASE_PATHS+=(vendor/tf2_msgs); fi
+BUILD_KEY="$(find "${BASE_PATHS[@]}" -type f \( -name package.xml -o -name setup.py -o -name setup.cfg \
   -o -name CMakeLists.txt -o -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print0 | sort -z \
   | xargs -0 cat | sha256sum | cut -c1-16)-$(find src -maxdepth 2 -mindepth 1 -type d | sort | sha256sum | cut -c1-8)"
 # installed data files (launch, config, rviz): a new or removed one needs a build, an edited one not
@@ -109,7 +113,7 @@ if [[ "$(cat "$BUILD_STAMP" 2>/dev/null)" != "$BUILD_KEY" || ! -f install/setup.
     source "$VENV/bin/activate"
     if [[ -n "$SYSTEM_ROS" ]]; then source "$SYSTEM_ROS/setup.bash"; else export AMENT_PREFIX_PATH="$VENV"; fi
     export PYTHONWARNINGS="ignore"
-    colcon --log-base build/log build --symlink-install --base-paths src \
+    colcon --log-base build/log build --symlink-install --base-paths "${BASE_PATHS[@]}" \
       --event-handlers console_cohesion- status- summary+ \
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF \
       > build/colcon-build.log 2>&1 || { tail -n 60 build/colcon-build.log >&2; exit 1; }

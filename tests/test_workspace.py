@@ -160,8 +160,9 @@ def test_setup_builds_a_clean_copy_of_the_tree(tmp_path):
     for name in PACKAGES:
         assert (tree / 'install' / name / 'share' / name / 'package.xml').is_file(), name
 
+    # tf2_msgs: the system's, or vendor/tf2_msgs built by setup.sh for the pip ROS wheels
     probe = ('source scripts/env.sh && python -c "import defi_msgs.msg as m, defi_core, sys; '
-             'm.ActionChunk(); print(defi_core.__file__)"')
+             'import tf2_msgs.msg as tf; tf.TFMessage(); m.ActionChunk(); print(defi_core.__file__)"')
     proc = subprocess.run(['bash', '-c', probe], cwd=tree, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert str(tree) in proc.stdout
