@@ -6,7 +6,7 @@ import numpy as np
 
 def make_samples():
     from builtin_interfaces.msg import Time
-    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
+    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus, TaskState
     from std_msgs.msg import Header
 
     def header(frame):
@@ -39,7 +39,13 @@ def make_samples():
     st.queue_depth, st.dropped_frames, st.stale_steps_dropped, st.stops_commanded = 6, 2, 1, 1
     st.malformed_inputs, st.non_finite_outputs, st.stale_observations, st.errors_total = 4, 1, 3, 8
     st.last_error = "camera/front/image_raw: unknown encoding 'yuv422'"
-    return {'ForwardFeatures': ff, 'LatentActions': la, 'ActionChunk': ac, 'PolicyStatus': st}
+
+    ts = TaskState(header=header('world'))
+    ts.task = 'drawer-open-v3'
+    ts.names = ['hand_x', 'hand_y', 'goal_z']
+    ts.values = [0.1, -0.25, 0.3]
+    return {'ForwardFeatures': ff, 'LatentActions': la, 'ActionChunk': ac, 'PolicyStatus': st,
+            'TaskState': ts}
 
 
 def to_plain(value):

@@ -6,7 +6,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from defi_core.msg_types import typestore
 from sample_messages import make_samples, to_plain
 
-MSG_NAMES = ['ForwardFeatures', 'LatentActions', 'ActionChunk', 'PolicyStatus']
+MSG_NAMES = ['ForwardFeatures', 'LatentActions', 'ActionChunk', 'PolicyStatus', 'TaskState']
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 
@@ -23,6 +23,8 @@ def rosbags_message(store, name, rclpy_msg):
             fields[key] = Header(stamp=Time(**value['stamp']), frame_id=value['frame_id'])
         elif key in ('data', 'tokens'):
             fields[key] = np.asarray(value, dtype=np.float32)
+        elif key == 'values':
+            fields[key] = np.asarray(value, dtype=np.float64)
         elif key in ('shape', 'token_shape'):
             fields[key] = np.asarray(value, dtype=np.uint32)
         elif key in ('codes', 'frame_offsets'):
@@ -88,6 +90,20 @@ def test_type_hashes_match_rclpy(ros_context):
         advertised = str(info[0].topic_type_hash)
         assert advertised.startswith('RIHS01_')
         assert store.hash_rihs01(f'defi_msgs/msg/{name}') == advertised, name
+    node.destroy_node()
+
+
+@pytest.mark.parametrize('distro', ['humble', 'jazzy', 'kilted'])
+def test_tf2_msgs_is_the_upstream_type(ros_context, distro):
+    """The tf2_msgs the sim publishes /tf with (vendor/tf2_msgs on the pip wheels) hashes like the
+    upstream TFMessage rosbags knows: a system ROS 2's RViz and tf2 tools take it as their own."""
+    from rclpy.node import Node
+    from tf2_msgs.msg import TFMessage
+    node = Node('tf_hash_probe', context=ros_context)
+    node.create_publisher(TFMessage, 'defi/hash/tf', 1)
+    (info,) = node.get_publishers_info_by_topic('defi/hash/tf')
+    assert info.topic_type == 'tf2_msgs/msg/TFMessage'
+    assert str(info.topic_type_hash) == typestore(distro).hash_rihs01('tf2_msgs/msg/TFMessage')
     node.destroy_node()
 
 

@@ -10,7 +10,7 @@ from rclpy.node import Node
 
 from sample_messages import make_samples, to_plain
 
-MSG_NAMES = ['ForwardFeatures', 'LatentActions', 'ActionChunk', 'PolicyStatus']
+MSG_NAMES = ['ForwardFeatures', 'LatentActions', 'ActionChunk', 'PolicyStatus', 'TaskState']
 
 
 @pytest.mark.parametrize('name', MSG_NAMES)
