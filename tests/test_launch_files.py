@@ -327,6 +327,8 @@ def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size(tmp_path, monke
     values = bringup_values(bringup_files)
     assert values['defi_bringup']['checkpoint'] == str(CHECKPOINT.resolve())
     assert values['forward_predictor']['camera_topics'] == ['camera/front/image_raw']
+    # the predicted frames name the camera frame the sim publishes on TF (defi_sim.description)
+    assert values['forward_predictor']['frame_id'] == 'front_camera_optical_frame'
     assert values['action_decoder']['action_names'] == ['dx', 'dy', 'dz', 'gripper']
     assert values['chunk_executor']['output_mode'] == 'passthrough'
     assert values['execute_instruction_server']['success_topic'] == 'sim/success'

@@ -1,6 +1,8 @@
-"""defi_sim_node through real rclpy: image size and rate, commands move the arm, lockstep, reset."""
+"""defi_sim_node through real rclpy: image size and rate, commands move the arm, lockstep, reset, TF."""
 import time
+import xml.etree.ElementTree as ET
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -9,12 +11,13 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
-from defi_msgs.msg import ActionChunk  # noqa: E402
+from defi_msgs.msg import ActionChunk, TaskState  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from defi_sim.sim_node import SimNode  # noqa: E402
 
@@ -44,7 +47,7 @@ class Probe:
         self.poses, self.joints, self.states, self.success, self.clock, self.instructions = [], [], [], [], [], []
         self.node.create_subscription(PoseStamped, 'sim/ee_pose', self.poses.append, RELIABLE)
         self.node.create_subscription(JointState, 'joint_states', self.joints.append, RELIABLE)
-        self.node.create_subscription(JointState, 'sim/task_state', self.states.append, RELIABLE)
+        self.node.create_subscription(TaskState, 'sim/task_state', self.states.append, RELIABLE)
         self.node.create_subscription(Bool, 'sim/success', self.success.append, RELIABLE)
         self.node.create_subscription(Clock, '/clock', self.clock.append, RELIABLE)
         self.node.create_subscription(String, 'instruction', self.instructions.append, LATCHED)
@@ -84,9 +87,11 @@ def test_realtime_images_rate_and_commands(ros_context, spin):
         for cam in ('front', 'wrist'):
             img = probe.images[cam][-1]
             assert (img.height, img.width, img.encoding, img.step) == (48, 64, 'rgb8', 64 * 3)
-            assert len(img.data) == 48 * 64 * 3 and img.header.frame_id == cam
+            assert len(img.data) == 48 * 64 * 3 and img.header.frame_id == f'{cam}_camera_optical_frame'
         assert probe.joints[-1].name[:2] == ['right_j0', 'right_j1']
-        assert len(probe.states[-1].position) == 39 and probe.clock
+        state = probe.states[-1]
+        assert len(state.values) == 39 and state.names[-1] == 'goal_z' and probe.clock
+        assert (state.task, state.header.frame_id) == ('reach-v3', 'world')
 
         # TwistStamped +y at 0.2 m/s moves the hand along +y (zero-order hold between commands)
         y0 = probe.poses[-1].pose.position.y
@@ -226,5 +231,118 @@ def test_command_watchdog_stops_the_arm_when_the_commander_goes_quiet(ros_contex
         # a new command resumes
         probe.send_chunk([0.0, -0.5, 0.0, 0.0], time.time_ns())
         assert spin(executor, lambda: sim.command[1] == -0.5, 2.0)
+    finally:
+        sim.destroy_node()
+
+
+# what tf2_ros's TransformListener subscribes with (rclpy tf2_ros/transform_listener.py)
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def world_poses(transforms):
+    """{frame: (position, 3x3 rotation)} in the root frame, composed from TransformStamped lists."""
+    by_child = {t.child_frame_id: t for t in transforms}
+    poses = {}
+
+    def pose(frame):
+        if frame not in by_child:                      # the root
+            return np.zeros(3), np.eye(3)
+        if frame not in poses:
+            t = by_child[frame]
+            p_pos, p_rot = pose(t.header.frame_id)
+            q = t.transform.rotation
+            rot = np.zeros(9)
+            mujoco.mju_quat2Mat(rot, np.array([q.w, q.x, q.y, q.z]))
+            tr = t.transform.translation
+            poses[frame] = (p_pos + p_rot @ [tr.x, tr.y, tr.z], p_rot @ rot.reshape(3, 3))
+        return poses[frame]
+    for child in by_child:
+        pose(child)
+    return poses
+
+
+def test_tf_frames_and_robot_description_are_published(ros_context, spin):
+    """The sim publishes its URDF (latched), world -> base_link -> ... -> hand and the camera frames
+    on /tf_static + /tf the way tf2_ros does; images name their camera frame; the composed hand
+    frame is where sim/ee_pose says the hand is, also after the arm moved."""
+    sim, probe, executor = make(ros_context, task='reach-v3', seed=2, mode='lockstep',
+                                image_width=16, image_height=16, steps_per_observation=2,
+                                cameras=['front=corner', 'wrist=gripperPOV'])
+    try:
+        # a listener that joins after the sim started still gets the static frames and the URDF
+        assert spin(executor, lambda: probe.states, 10.0)
+        listener = rclpy.create_node('tf_listener', context=ros_context)
+        static, dynamic, descriptions = [], [], []
+        listener.create_subscription(TFMessage, '/tf_static', static.append, TF_STATIC_QOS)
+        listener.create_subscription(TFMessage, '/tf', dynamic.append, TF_QOS)
+        listener.create_subscription(String, 'robot_description', descriptions.append, LATCHED)
+        executor.add_node(listener)
+        assert spin(executor, lambda: static and descriptions
+                    and probe.chunk_pub.get_subscription_count() >= 1, 10.0), 'no latched TF / URDF'
+        for topic in ('/tf_static', '/robot_description'):
+            (info,) = listener.get_publishers_info_by_topic(topic)
+            assert info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL, topic
+
+        urdf = ET.fromstring(descriptions[-1].data)
+        links = {e.get('name') for e in urdf.findall('link')}
+        movable = {e.get('name') for e in urdf.findall('joint') if e.get('type') != 'fixed'}
+        assert {'base_link', 'right_l0', 'right_l6', 'hand'} <= links
+        assert set(sim.sim.joint_names) <= movable          # joint_states drives the same joints
+
+        static_tf = static[-1].transforms
+        assert ('world', 'base_link') in {(t.header.frame_id, t.child_frame_id) for t in static_tf}
+
+        def step(action):
+            """One lockstep observation answered with `action`; returns its /tf, pose and images."""
+            n_tf, n_pose = len(dynamic), len(probe.poses)
+            probe.send_chunk(action, ns(probe.states[-1].header.stamp))
+            assert spin(executor, lambda: len(probe.poses) > n_pose and len(dynamic) > n_tf
+                        and dynamic[-1].transforms[0].header.stamp == probe.poses[-1].header.stamp, 5.0)
+            return dynamic[-1], probe.poses[-1]
+
+        first = None
+        for i in range(25):
+            tf, pose = step([0.0, 1.0, 0.5, 0.0])     # +y, +z: every arm joint moves
+            first = first or (tf, pose)
+            frames = world_poses(list(static_tf) + list(tf.transforms))
+            # /tf comes before the images of the same observation, stamped like them
+            for cam in ('front', 'wrist'):
+                assert probe.images[cam][-1].header.frame_id in frames
+            p = pose.pose.position
+            np.testing.assert_allclose(frames['hand'][0], [p.x, p.y, p.z], atol=1e-6)
+            assert {t.header.stamp.sec * 10 ** 9 + t.header.stamp.nanosec for t in tf.transforms} == {
+                ns(pose.header.stamp)}
+        # the arm moved, and the TF tree moved with it
+        moved = np.linalg.norm(world_poses(list(static_tf) + list(first[0].transforms))['hand'][0]
+                               - frames['hand'][0])
+        assert moved > 0.02, moved
+        # every frame hangs from world through one tree: the links of the URDF and both cameras
+        assert links | {'front_camera_optical_frame', 'wrist_camera_optical_frame'} <= set(frames)
+        # the wrist camera (gripperPOV tracks the hand) moves, the corner camera does not
+        cam = sim.sim.model.camera('gripperPOV').id
+        np.testing.assert_allclose(frames['wrist_camera_optical_frame'][0], sim.sim.data.cam_xpos[cam],
+                                   atol=1e-9)
+        assert 'wrist_camera_optical_frame' in {t.child_frame_id for t in tf.transforms}
+        assert 'front_camera_optical_frame' in {t.child_frame_id for t in static_tf}
+        # optical convention: z forward = MuJoCo's -z camera axis
+        corner = sim.sim.model.camera('corner').id
+        np.testing.assert_allclose(frames['front_camera_optical_frame'][1][:, 2],
+                                   -sim.sim.data.cam_xmat[corner].reshape(3, 3)[:, 2], atol=1e-9)
+        executor.remove_node(listener)
+        listener.destroy_node()
+    finally:
+        sim.destroy_node()
+
+
+def test_publish_tf_off_publishes_no_tf(ros_context, spin):
+    sim, probe, executor = make(ros_context, task='reach-v3', mode='lockstep', image_width=16,
+                                image_height=16, publish_tf=False)
+    try:
+        assert spin(executor, lambda: probe.states, 10.0)
+        assert sim.count_publishers('/tf') == sim.count_publishers('/tf_static') == 0
+        assert sim.count_publishers('robot_description') == 0
+        assert probe.images['front'][-1].header.frame_id == 'front_camera_optical_frame'
     finally:
         sim.destroy_node()

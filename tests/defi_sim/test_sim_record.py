@@ -58,15 +58,15 @@ def test_record_cli_writes_one_readable_bag_per_episode(tmp_path):
         assert (chunk.horizon, chunk.action_dim, list(chunk.names)) == (1, 4, ['dx', 'dy', 'dz', 'gripper'])
         assert msgs['/sim/success'][-1][1].data and not msgs['/sim/success'][0][1].data
         # the recorded episode starts at the seed's initial state (reach's goal follows the seed)
-        first_state = np.array(msgs['/sim/task_state'][0][1].position)
-        assert first_state.shape == (39,)
-    goal5 = np.array(read_bag(out / bags[0])['/sim/task_state'][0][1].position[-3:])
-    goal6 = np.array(read_bag(out / bags[1])['/sim/task_state'][0][1].position[-3:])
+        first_state = msgs['/sim/task_state'][0][1]
+        assert np.asarray(first_state.values).shape == (39,) and first_state.task == 'reach-v3'
+    goal5 = np.array(read_bag(out / bags[0])['/sim/task_state'][0][1].values[-3:])
+    goal6 = np.array(read_bag(out / bags[1])['/sim/task_state'][0][1].values[-3:])
     assert not np.allclose(goal5, goal6)
     # a seed is the same initial state through ROS as in-process (evaluation compares the two)
     from defi_sim.metaworld_env import MetaWorldSim
     local = MetaWorldSim('reach', seed=6, image_size=16)
-    np.testing.assert_allclose(read_bag(out / bags[1])['/sim/task_state'][0][1].position,
+    np.testing.assert_allclose(read_bag(out / bags[1])['/sim/task_state'][0][1].values,
                                local.observation, atol=1e-12)
     local.close()
 

@@ -1,6 +1,6 @@
 """defi_expert_node: Meta-World's scripted expert as a ROS 2 node (for recording demonstrations).
 
-Reads the privileged state on `sim/task_state` and answers every observation with a
+Reads the privileged state on `sim/task_state` (defi_msgs/TaskState) and answers every observation with a
 `defi/action_command` ActionChunk (horizon 1) stamped with the observation's stamp, so the sim in
 lockstep steps on it. Optional Gaussian noise on dx, dy, dz (not on the gripper: flipping the grasp
 would turn noise into failed demonstrations).
@@ -14,8 +14,7 @@ import numpy as np
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from defi_msgs.msg import ActionChunk
-from sensor_msgs.msg import JointState
+from defi_msgs.msg import ActionChunk, TaskState
 
 from defi_sim.metaworld_env import ACTION_NAMES
 from defi_sim.ros_main import spin_node
@@ -49,7 +48,7 @@ class ExpertNode(Node):
         self.rng = np.random.default_rng(self.config.noise_seed)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.command_pub = self.create_publisher(ActionChunk, 'defi/action_command', reliable)
-        self.create_subscription(JointState, 'sim/task_state', self._on_state, reliable)
+        self.create_subscription(TaskState, 'sim/task_state', self._on_state, reliable)
         self.commands_sent = 0
 
     def set_task(self, task: str) -> None:
@@ -58,15 +57,15 @@ class ExpertNode(Node):
         self.instruction = instruction_for(self.task)
         self.policy = ENV_POLICY_MAP[self.task]()
 
-    def _on_state(self, msg: JointState) -> None:
-        if len(msg.position) != OBSERVATION_SIZE:
+    def _on_state(self, msg: TaskState) -> None:
+        if len(msg.values) != OBSERVATION_SIZE:
             self.get_logger().error(
-                f'sim/task_state: expected {OBSERVATION_SIZE} positions, got {len(msg.position)}; ignored',
+                f'sim/task_state: expected {OBSERVATION_SIZE} values, got {len(msg.values)}; ignored',
                 throttle_duration_sec=5.0)
             return
-        if msg.header.frame_id and msg.header.frame_id != self.task:
-            self.set_task(msg.header.frame_id)  # the sim names its task in frame_id
-        action = np.asarray(self.policy.get_action(np.asarray(msg.position, dtype=np.float64)),
+        if msg.task and msg.task != self.task:
+            self.set_task(msg.task)  # the sim switched tasks (sim/reset with a new `task`)
+        action = np.asarray(self.policy.get_action(np.asarray(msg.values, dtype=np.float64)),
                             dtype=np.float64)
         if self.config.noise_std > 0:
             action[:3] += self.rng.normal(0.0, self.config.noise_std, size=3)

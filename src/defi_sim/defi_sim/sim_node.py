@@ -1,15 +1,20 @@
 """defi_sim_node: a Meta-World task in MuJoCo speaking the robot's ROS 2 topics.
 
 Publishes (names relative to the node's namespace):
-  camera/<name>/image_raw  sensor_msgs/Image rgb8, one per configured camera
+  camera/<name>/image_raw  sensor_msgs/Image rgb8, one per configured camera, header.frame_id
+                           <name>_camera_optical_frame
   joint_states             sensor_msgs/JointState (arm joints + the two finger joints)
   sim/ee_pose              geometry_msgs/PoseStamped (hand, frame `frame_id`)
   sim/success              std_msgs/Bool (task success after the last step)
-  sim/task_state           sensor_msgs/JointState: the 39-D Meta-World observation (privileged
-                           object/goal state, names from metaworld_env.observation_names()); read by
-                           the scripted expert, never by the learned policy
+  sim/task_state           defi_msgs/TaskState: the 39-D Meta-World observation (privileged
+                           object/goal state, names from metaworld_env.observation_names()) and the
+                           task; read by the scripted expert, never by the learned policy
   /clock                   rosgraph_msgs/Clock
   instruction              std_msgs/String, reliable + transient local
+  robot_description        std_msgs/String, URDF of the Sawyer from the MuJoCo model, reliable +
+                           transient local (as robot_state_publisher)
+  /tf_static, /tf          tf2_msgs/TFMessage: world -> base_link, the arm's links, the cameras
+                           (defi_sim.description); /tf_static transient local, /tf every observation
 Subscribes:
   defi/action_command        defi_msgs/ActionChunk [horizon, 4] rows [dx, dy, dz, gripper] in [-1, 1];
                              row i is due at header.stamp + i * dt: the sim applies the latest row
@@ -44,14 +49,16 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from builtin_interfaces.msg import Time
-from defi_msgs.msg import ActionChunk
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from defi_msgs.msg import ActionChunk, TaskState
+from geometry_msgs.msg import PoseStamped, TransformStamped, TwistStamped
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
 
 from defi_perception.params import param
+from defi_sim.description import SceneFrames, camera_frame
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
 from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name
@@ -75,7 +82,10 @@ class SimNodeConfig:
     command_timeout_s: float = param(0.5, 'no command for this long (wall s): the arm stops; 0 = off')
     twist_linear_scale: float = param(0.0, 'action per m/s of TwistStamped.linear; 0 = physical '
                                       '(dt / action scale)')
-    frame_id: str = param('world', 'frame of sim/ee_pose')
+    frame_id: str = param('world', 'frame of sim/ee_pose and sim/task_state: the root of the TF tree '
+                          '(the MuJoCo world)')
+    publish_tf: bool = param(True, 'publish robot_description, /tf and /tf_static (world, base_link, '
+                             'the arm links, the cameras)')
 
     def validate(self) -> 'SimNodeConfig':
         canonical_task_name(self.task)
@@ -90,6 +100,8 @@ class SimNodeConfig:
             raise ValueError(f'parameter command_timeout_s={self.command_timeout_s} must be >= 0 (0 = off)')
         if not self.cameras:
             raise ValueError('parameter cameras is empty: name at least one camera')
+        if not self.frame_id:
+            raise ValueError("parameter frame_id is empty: name the world frame (e.g. 'world')")
         return self
 
 
@@ -130,9 +142,19 @@ class SimNode(Node):
         self.joint_pub = self.create_publisher(JointState, 'joint_states', reliable)
         self.pose_pub = self.create_publisher(PoseStamped, 'sim/ee_pose', reliable)
         self.success_pub = self.create_publisher(Bool, 'sim/success', reliable)
-        self.state_pub = self.create_publisher(JointState, 'sim/task_state', reliable)
+        self.state_pub = self.create_publisher(TaskState, 'sim/task_state', reliable)
         self.clock_pub = self.create_publisher(ClockMsg, '/clock', reliable)
         self.instruction_pub = self.create_publisher(String, 'instruction', latched)
+        # TF as tf2_ros's broadcasters send it: /tf reliable depth 100, /tf_static reliable transient
+        # local holding one message with every static transform (a late RViz gets them all);
+        # robot_description latched, as robot_state_publisher publishes it.
+        if cfg.publish_tf:
+            self.tf_pub = self.create_publisher(TFMessage, '/tf', QoSProfile(
+                depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            self.tf_static_pub = self.create_publisher(TFMessage, '/tf_static', latched)
+            self.description_pub = self.create_publisher(String, 'robot_description', latched)
+        self.frames: SceneFrames | None = None
+        self.robot_description = ''
         self.create_subscription(ActionChunk, 'defi/action_command', self._on_action_chunk, reliable)
         self.create_subscription(TwistStamped, 'servo_node/delta_twist_cmds', self._on_twist, reliable)
         self.create_service(Trigger, 'sim/reset', self._on_reset)
@@ -150,6 +172,7 @@ class SimNode(Node):
         self._last_command_wall = None
         self._command_timed_out = False
         self.paused = False           # an orchestrator (recording) can freeze the episode
+        self.camera_frames = {c.name: camera_frame(c.name) for c in self.sim.cameras}
         self.obs_stamp_ns = 0
         self._awaiting_command = False
         self._awaiting_since = 0.0
@@ -162,6 +185,7 @@ class SimNode(Node):
         else:
             self.create_timer(self.sim.dt, self._realtime_tick, clock=steady)
         self._publish_instruction()
+        self._publish_description()
         self._publish_observation()
         self.get_logger().info(
             f'{self.sim.task} seed {self.sim.seed} mode {cfg.mode}: cameras '
@@ -207,6 +231,7 @@ class SimNode(Node):
             old = self.sim
             self.sim = self._make_sim(task, seed)
             old.close()
+            self._publish_description()   # a new MjModel: the same arm, maybe other static frames
         else:
             self.sim.reset(seed)
         self.command = np.zeros(4)
@@ -356,14 +381,45 @@ class SimNode(Node):
         self.instruction_pub.publish(String(data=self.instruction()))
         self._count('instruction')
 
+    def _transforms(self, transforms, stamp: Time) -> TFMessage:
+        msg = TFMessage()
+        for t in transforms:
+            ts = TransformStamped()
+            ts.header.stamp, ts.header.frame_id, ts.child_frame_id = stamp, t.parent, t.child
+            tr, rot = ts.transform.translation, ts.transform.rotation
+            tr.x, tr.y, tr.z = (float(v) for v in t.translation)
+            rot.w, rot.x, rot.y, rot.z = (float(v) for v in t.rotation)
+            msg.transforms.append(ts)
+        return msg
+
+    def _publish_description(self) -> None:
+        """robot_description and /tf_static of the current MjModel (at start and after a task switch)."""
+        if not self.config.publish_tf:
+            return
+        self.frames = SceneFrames(self.sim.model, self.sim.data, self.sim.cameras,
+                                  world_frame=self.config.frame_id)
+        urdf = self.frames.urdf()
+        if urdf != self.robot_description:
+            self.robot_description = urdf
+            self.description_pub.publish(String(data=urdf))
+            self._count('robot_description')
+        # stamped with the node's clock (time 0 in lockstep before the first step): static
+        # transforms hold at any time, tf2 ignores their stamps
+        self.tf_static_pub.publish(self._transforms(self.frames.static_transforms(), _stamp(self._now_ns())))
+        self._count('/tf_static')
+
     def _publish_observation(self) -> None:
         stamp_ns = self._now_ns()
         stamp = _stamp(stamp_ns)
         self.clock_pub.publish(ClockMsg(clock=stamp))
         frame_id = self.config.frame_id
+        if self.frames is not None:
+            # before the images: a subscriber that looks up an image's frame finds it at its stamp
+            self.tf_pub.publish(self._transforms(self.frames.dynamic_transforms(self.sim.data), stamp))
+            self._count('/tf')
         for name, frame in self.sim.render().items():
             msg = Image()
-            msg.header.stamp, msg.header.frame_id = stamp, name
+            msg.header.stamp, msg.header.frame_id = stamp, self.camera_frames[name]
             msg.height, msg.width = frame.shape[0], frame.shape[1]
             msg.encoding, msg.is_bigendian, msg.step = 'rgb8', 0, frame.shape[1] * 3
             msg.data = array.array('B', frame.tobytes())
@@ -387,10 +443,11 @@ class SimNode(Node):
         self.pose_pub.publish(pose)
         self._count('sim/ee_pose')
 
-        state = JointState()
-        state.header.stamp, state.header.frame_id = stamp, self.sim.task
-        state.name = self._obs_names
-        state.position = [float(v) if math.isfinite(v) else 0.0 for v in self.sim.observation]
+        state = TaskState()
+        state.header.stamp, state.header.frame_id = stamp, frame_id
+        state.task = self.sim.task
+        state.names = self._obs_names
+        state.values = [float(v) if math.isfinite(v) else 0.0 for v in self.sim.observation]
         self.state_pub.publish(state)
         self._count('sim/task_state')
 

@@ -53,6 +53,7 @@ def checkpoint_overrides(checkpoint, cameras: Sequence[str] = ()) -> tuple:
     """(sim node values, bringup sections) that a checkpoint decides: images at its size, one sim
     camera per view ('<view>=<MuJoCo camera>'; `cameras` picks them, default the corner camera),
     the forward predictor on those topics, the checkpoint path for every DeFI node."""
+    from defi_sim.description import camera_frame
     from defi_sim.evaluate import sim_cameras_for
     ckpt = Path(checkpoint).expanduser().resolve()
     try:
@@ -64,7 +65,9 @@ def checkpoint_overrides(checkpoint, cameras: Sequence[str] = ()) -> tuple:
     sim = {'image_width': size, 'image_height': size, 'cameras': sim_cameras_for(views, cameras)}
     bringup = {
         '/**': {'checkpoint': str(ckpt)},
-        'forward_predictor': {'camera_topics': [f'camera/{v}/image_raw' for v in views]},
+        # features and predicted frames take camera 0's stamp: name its frame (published by the sim)
+        'forward_predictor': {'camera_topics': [f'camera/{v}/image_raw' for v in views],
+                              'frame_id': camera_frame(views[0])},
     }
     return sim, bringup
 
