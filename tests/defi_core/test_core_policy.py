@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
 from core_helpers import make_batch, make_policy, make_stats, obs_from_batch, tiny_cfg
 
 # Parameter-name prefixes that must train (and only these) under each switch setting.
-GIDM_POLICY_PARTS = ('gidm.text_proj', 'gidm.st_pos', 'gidm.time_emb', 'gidm.action_queries', 'gidm.delta_proj', 'gidm.blocks',
-                     'gidm.norm', 'gidm.pre_vq', 'gidm.vq.codebook', 'gidm.post_vq')
+GIDM_POLICY_PARTS = ('gidm.text_proj', 'gidm.st_pos', 'gidm.time_emb', 'gidm.action_queries', 'gidm.delta_proj',
+                     'gidm.blocks', 'gidm.norm', 'gidm.pre_vq', 'gidm.vq.codebook', 'gidm.post_vq')
 HEAD_PARTS = ('video_former.', 'action_head.')
 GFDM_FEATURE_PARTS = ('gfdm.in_proj', 'gfdm.pos_spatial', 'gfdm.pos_time', 'gfdm.sigma_emb', 'gfdm.text_proj',
                       'gfdm.blocks')
@@ -20,8 +19,6 @@ CASES = {
     'transformer': (dict(idm_type='transformer'), ('coupling.', 'idm_ablation.') + HEAD_PARTS),
     'adapter_only': (dict(idm_type='none'), HEAD_PARTS),
     'bc_scratch': (dict(backbone='scratch', idm_type='none'), ('image_encoder.',) + HEAD_PARTS),
-    'keypoints': (dict(keypoints=8, keypoint_channels=8),
-                  ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS + ('keypoint_encoder.',)),
 }
 
 
@@ -174,6 +171,7 @@ def test_padded_actions_do_not_count():
 
 def test_random_shift_moves_each_sample_by_at_most_pad_pixels():
     import torch
+
     from defi_core.policy import random_shift
     # a single bright pixel per sample: after the shift it is still there, at most 2 px away
     x = torch.zeros(6, 2, 3, 16, 16, dtype=torch.uint8)
@@ -188,32 +186,3 @@ def test_random_shift_moves_each_sample_by_at_most_pad_pixels():
         moved += (r, c) != (8, 8)
     assert moved > 0
     assert torch.equal(random_shift(x, 0), x)
-
-
-def test_spatial_softmax_finds_a_peak_at_its_pixel():
-    from defi_core.models.keypoints import spatial_softmax
-    maps = torch.zeros(1, 2, 9, 17)
-    maps[0, 0, 0, 16] = 50.0        # top right corner
-    maps[0, 1, 4, 8] = 50.0         # centre
-    xy = spatial_softmax(maps)[0]
-    assert xy[0].tolist() == pytest.approx([1.0, -1.0], abs=1e-4)
-    assert xy[1].tolist() == pytest.approx([0.0, 0.0], abs=1e-4)
-
-
-def test_keypoint_policy_needs_its_keypoints_and_follows_the_image():
-    cfg = tiny_cfg(state_dim=3, keypoints=8, keypoint_channels=8)
-    policy = make_policy(cfg).eval()
-    batch = make_batch(cfg, b=2)
-    images = batch['observation.images']
-    lang = policy.encode_instruction(batch['task'])
-    feats = policy.forward_features(images, lang)
-    _, tokens = policy.latent_actions(feats, lang)
-    points = policy.image_keypoints(images)
-    assert points.shape == (2, cfg.num_views, 8, 2) and bool((points.abs() <= 1).all())
-    with pytest.raises(ValueError, match='keypoints=8'):
-        policy.decode_actions(feats, tokens, lang, batch['observation.state'])
-    noise = torch.randn(2, cfg.horizon, cfg.action_dim)
-    ctx = policy._context(feats, tokens, lang, batch['observation.state'], points)
-    moved = policy._context(feats, tokens, lang, batch['observation.state'], points.flip(-1))
-    assert not torch.allclose(policy.action_head.sample(ctx, noise=noise),
-                              policy.action_head.sample(moved, noise=noise))

@@ -87,10 +87,6 @@ class DefiConfig:
     vq_loss_weight: float = 1.0          # weight of GIDM's VQ loss during finetuning
     image_shift_px: int = 0              # finetuning augmentation: every view shifted by up to this
                                          # many pixels (edge-padded random crop, as in DrQ); 0 = off
-    keypoints: int = 0                   # > 0: a small CNN with a spatial softmax gives this many
-                                         # image keypoints per view to the action head (precise
-                                         # object positions); 0 = off
-    keypoint_channels: int = 32          # width of that CNN (a multiple of 8: GroupNorm(8))
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
@@ -152,10 +148,6 @@ class DefiConfig:
                 bad(name, 'must be > 0')
         if self.state_dim < 0:
             bad('state_dim', 'must be >= 0')
-        if self.keypoints < 0:
-            bad('keypoints', 'must be >= 0')
-        if self.keypoint_channels < 8 or self.keypoint_channels % 8:
-            bad('keypoint_channels', 'must be a positive multiple of 8')
         if not 0 <= self.image_shift_px < self.image_size // 2:
             bad('image_shift_px', f'must be in [0, image_size/2={self.image_size // 2})')
         if not 0 <= self.n_action_steps <= self.horizon:

@@ -16,7 +16,6 @@ from .language import as_embedding, make_text_encoder
 from .models.action_head import ActionHead
 from .models.gfdm import GFDM, ScratchImageEncoder
 from .models.gidm import GIDM, MLPIDM, TransformerIDM
-from .models.keypoints import KeypointEncoder
 from .models.video_former import VideoFormer
 from .normalization import Normalizer
 
@@ -71,7 +70,6 @@ class DefiPolicy(nn.Module):
             if cfg.idm_type in ('mlp', 'transformer') else None
         self.video_former = VideoFormer(cfg)
         self.action_head = ActionHead(cfg, cfg.gidm_dim if cfg.idm_type != 'none' else None)
-        self.keypoint_encoder = KeypointEncoder(cfg) if cfg.keypoints > 0 else None
         self.normalizer: Normalizer | None = None
         self._queue: deque = deque()
         self.apply_trainable_flags()
@@ -168,30 +166,17 @@ class DefiPolicy(nn.Module):
         codes, tokens, _ = self._latent(feats.to(self.device), self._lang(lang))
         return codes, tokens
 
-    def image_keypoints(self, images):
-        """images [B, V, 3, H, W] -> keypoints [B, V, K, 2] in [-1, 1], or None without the branch."""
-        if self.keypoint_encoder is None:
-            return None
-        return self.keypoint_encoder.locate(images)
-
-    def _context(self, feats, tokens, lang, state, keypoints=None):
+    def _context(self, feats, tokens, lang, state):
         vf = self.video_former(feats)
         if state is not None:
             state = self._require_normalizer().normalize('observation.state', state.to(self.device).float())
-        kp_tokens = None
-        if self.keypoint_encoder is not None:
-            if keypoints is None:
-                raise ValueError(f'keypoints={self.cfg.keypoints}: this policy also needs the image keypoints '
-                                 '(policy.image_keypoints(images))')
-            kp_tokens = self.keypoint_encoder.embed(keypoints)
-        return self.action_head.encode_context(lang, vf, tokens if self.idm is not None else None, state,
-                                               kp_tokens)
+        return self.action_head.encode_context(lang, vf, tokens if self.idm is not None else None, state)
 
-    def decode_actions(self, feats, tokens, lang, state=None, generator=None, keypoints=None) -> torch.Tensor:
-        """-> action chunk [B, horizon, action_dim] in robot units (keypoints: see image_keypoints)."""
+    def decode_actions(self, feats, tokens, lang, state=None, generator=None) -> torch.Tensor:
+        """-> action chunk [B, horizon, action_dim] in robot units."""
         norm = self._require_normalizer()
         lang = self._lang(lang)
-        ctx = self._context(feats.to(self.device), tokens.to(self.device), lang, state, keypoints)
+        ctx = self._context(feats.to(self.device), tokens.to(self.device), lang, state)
         actions = self.action_head.sample(ctx, generator=generator)
         return norm.unnormalize('action', actions)
 
@@ -237,8 +222,7 @@ class DefiPolicy(nn.Module):
         lang = self.encode_instruction(self._tasks(obs, images.shape[0]))
         feats = self.forward_features(images, lang)
         _, tokens = self.latent_actions(feats, lang)
-        return self.decode_actions(feats, tokens, lang, self._state_from(obs), generator=generator,
-                                   keypoints=self.image_keypoints(images))
+        return self.decode_actions(feats, tokens, lang, self._state_from(obs), generator=generator)
 
     @torch.no_grad()
     def select_action(self, obs) -> torch.Tensor:
@@ -266,7 +250,7 @@ class DefiPolicy(nn.Module):
         state = batch.get('observation.state') if self.cfg.state_dim > 0 else None
         if self.cfg.state_dim > 0 and state is None:
             raise KeyError(f"batch is missing 'observation.state' (state_dim={self.cfg.state_dim})")
-        ctx = self._context(feats, tokens, lang, state, self.image_keypoints(images))
+        ctx = self._context(feats, tokens, lang, state)
         actions = norm.normalize('action', batch['action'].to(self.device).float())
         is_pad = batch.get('action_is_pad')
         action_loss, mse = self.action_head.loss(ctx, actions, None if is_pad is None else is_pad.to(self.device),

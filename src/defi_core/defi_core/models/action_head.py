@@ -34,9 +34,8 @@ class ActionHead(nn.Module):
         self.dec_norm = nn.LayerNorm(d)
         self.action_out = nn.Linear(d, cfg.action_dim)
 
-    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None, keypoint_tokens=None):
-        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D];
-        keypoint tokens [B, V, head_dim] (already embedded, see models/keypoints.py)."""
+    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None):
+        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D]."""
         parts = [self.lang_proj(lang)[:, None] + self.type_emb[0],
                  self.vf_proj(video_tokens) + self.type_emb[1]]
         if self.latent_proj is not None:
@@ -47,8 +46,6 @@ class ActionHead(nn.Module):
             if state is None:
                 raise ValueError(f'state_dim={self.cfg.state_dim}: observation.state is required')
             parts.append(self.state_proj(state)[:, None] + self.type_emb[3])
-        if keypoint_tokens is not None:
-            parts.append(keypoint_tokens)
         x = torch.cat(parts, dim=1)
         for blk in self.encoder:
             x = blk(x)
