@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from core_helpers import make_batch, make_policy, make_stats, obs_from_batch, tiny_cfg
 from defi_core.checkpoint import (CheckpointError, load_component, load_policy, load_state_into, read_meta,
                                   save_checkpoint)
+from defi_core.config import SCHEMA_VERSION
 from defi_core.models.gfdm import GFDM
 from defi_core.models.gidm import GIDM
 
@@ -32,7 +33,7 @@ def test_save_load_bit_identical(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ['config.json', 'model.safetensors', 'stats.json',
                                                       'stats.safetensors']
     meta = json.loads((path / 'config.json').read_text())
-    assert meta['schema_version'] == 1 and meta['kind'] == 'policy' and meta['extra'] == {'step': 1}
+    assert meta['schema_version'] == SCHEMA_VERSION and meta['kind'] == 'policy' and meta['extra'] == {'step': 1}
     loaded = load_policy(path)
     assert not loaded.training
     for (n, a), (m, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):

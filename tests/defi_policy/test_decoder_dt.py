@@ -1,18 +1,36 @@
-"""The chunk dt defaults to 1/fps of the checkpoint's training data; an explicit action_dt wins."""
+"""The chunk dt defaults to 1/fps of the checkpoint's training data; an explicit action_dt wins.
+The chunk's names default to the checkpoint's action names; a schema-1 checkpoint's extra.fps
+still gives the dt (migrated on read)."""
+import json
+
 import numpy as np
 import pytest
 
-from defi_ros_testkit import Probe, make_executor, params, shutdown, tiny_stats
+from defi_ros_testkit import Probe, make_executor, params, save_tiny_checkpoint, shutdown, tiny_stats
 
 pytestmark = pytest.mark.timeout(60)
+NAMES = ['dx', 'dy', 'dz', 'gripper']
 
 
 @pytest.fixture(scope='module')
 def fps20_checkpoint(tmp_path_factory, tiny_policy):
     from defi_core.checkpoint import save_checkpoint
     path = tmp_path_factory.mktemp('ckpt') / 'fps20'
-    save_checkpoint(str(path), tiny_policy, tiny_policy.cfg, tiny_stats(tiny_policy.cfg.action_dim, 0),
-                    extra={'fps': 20.0})
+    cfg = tiny_policy.cfg.replace(fps=20.0, action_names=NAMES[:tiny_policy.cfg.action_dim])
+    save_checkpoint(str(path), tiny_policy, cfg, tiny_stats(tiny_policy.cfg.action_dim, 0))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def schema1_fps40_checkpoint(tmp_path_factory, tiny_policy):
+    """What defi-train wrote before schema 2: no names, the rate in extra.fps."""
+    path = tmp_path_factory.mktemp('ckpt') / 'v1'
+    save_tiny_checkpoint(path, tiny_policy)
+    meta = json.loads((path / 'config.json').read_text())
+    for name in ('fps', 'action_names', 'state_names'):
+        meta['config'].pop(name)
+    meta.update(schema_version=1, extra={'fps': 40.0})
+    (path / 'config.json').write_text(json.dumps(meta))
     return str(path)
 
 
@@ -50,16 +68,26 @@ def _one_chunk(ros_context, spin, policy, node_params):
         shutdown(ex, [node, probe.node])
 
 
-def test_chunk_dt_defaults_to_the_checkpoint_fps(ros_context, spin, tiny_policy, fps20_checkpoint):
-    from defi_core.checkpoint import read_meta
-    assert read_meta(fps20_checkpoint)['extra']['fps'] == 20.0
+def test_chunk_dt_and_names_default_to_the_checkpoint(ros_context, spin, tiny_policy, fps20_checkpoint):
+    from defi_core.checkpoint import checkpoint_facts
+    assert checkpoint_facts(fps20_checkpoint).fps == 20.0
     chunk = _one_chunk(ros_context, spin, tiny_policy, {'checkpoint': fps20_checkpoint})
     assert chunk.dt == pytest.approx(0.05)
+    assert list(chunk.names) == NAMES[:tiny_policy.cfg.action_dim]
 
 
-def test_explicit_action_dt_overrides_the_checkpoint(ros_context, spin, tiny_policy, fps20_checkpoint):
-    chunk = _one_chunk(ros_context, spin, tiny_policy, {'checkpoint': fps20_checkpoint, 'action_dt': 0.2})
-    assert chunk.dt == pytest.approx(0.2)
+def test_schema_1_checkpoint_gives_its_extra_fps(ros_context, spin, tiny_policy, schema1_fps40_checkpoint):
+    chunk = _one_chunk(ros_context, spin, tiny_policy, {'checkpoint': schema1_fps40_checkpoint})
+    assert chunk.dt == pytest.approx(0.025)
+    assert list(chunk.names) == [f'a{i}' for i in range(tiny_policy.cfg.action_dim)]   # none recorded
+
+
+def test_explicit_action_dt_and_names_override_the_checkpoint(ros_context, spin, tiny_policy,
+                                                              fps20_checkpoint):
+    names = [f'joint{i}' for i in range(tiny_policy.cfg.action_dim)]
+    chunk = _one_chunk(ros_context, spin, tiny_policy, {'checkpoint': fps20_checkpoint, 'action_dt': 0.2,
+                                                        'action_names': names})
+    assert chunk.dt == pytest.approx(0.2) and list(chunk.names) == names
 
 
 def test_checkpoint_without_fps_falls_back_to_0_1_s(ros_context, spin, tiny_policy, tiny_checkpoint):

@@ -190,7 +190,7 @@ def test_chunk_dt_from_flag_checkpoint_or_observation_period(tiny_checkpoint, tm
 
     policy = load_eval_policy(tiny_checkpoint)
     assert checkpoint_chunk_dt(tiny_checkpoint, EvalConfig()) == pytest.approx(0.025)  # no fps stored
-    ckpt = save_checkpoint(tmp_path / 'with_fps', policy, policy.cfg, policy.normalizer, extra={'fps': 10.0})
+    ckpt = save_checkpoint(tmp_path / 'with_fps', policy, policy.cfg.replace(fps=10.0), policy.normalizer)
     assert checkpoint_chunk_dt(ckpt, EvalConfig()) == pytest.approx(0.1)
     assert checkpoint_chunk_dt(ckpt, EvalConfig(action_dt_s=0.05)) == pytest.approx(0.05)
 
@@ -210,3 +210,19 @@ def test_inprocess_reruns_give_the_same_episodes(tiny_checkpoint):
         np.testing.assert_array_equal(a.trajectory['hand'], b.trajectory['hand'])
     # the recording is of each episode: seeds 1000 and 1001 (other states, other noise) differ
     assert not np.array_equal(first[0].trajectory['command'], first[1].trajectory['command'])
+
+
+def test_policy_state_takes_the_checkpoint_joints_by_name():
+    """In-process evaluation reads observation.state as the ROS action decoder does: the joints the
+    checkpoint names, else the first state_dim positions."""
+    from types import SimpleNamespace
+
+    from defi_core.config import preset
+    from defi_sim.evaluate import _policy_state
+    sim = SimpleNamespace(joint_names=['a', 'b', 'c'], joint_positions=lambda: np.array([1.0, 2.0, 3.0]))
+    cfg = preset('tiny', action_dim=4, state_dim=2, text_encoder='hash')
+    np.testing.assert_array_equal(_policy_state(SimpleNamespace(cfg=cfg.replace(state_names=('c', 'a'))), sim),
+                                  [3.0, 1.0])
+    np.testing.assert_array_equal(_policy_state(SimpleNamespace(cfg=cfg), sim), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"state joints \['z'\] are not joints of the sim"):
+        _policy_state(SimpleNamespace(cfg=cfg.replace(state_names=('a', 'z'))), sim)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from defi_core.checkpoint import load_component, load_policy, read_meta
+from defi_core.checkpoint import checkpoint_facts, load_component, load_policy, read_meta
 from defi_core.models.gfdm import GFDM
 from defi_core.models.gidm import GIDM
 from defi_training.cache import EpisodeCache, build_cache
@@ -102,8 +102,15 @@ def test_finetune_loads_stage_checkpoints_and_exports_a_policy(stage_runs, cache
     policy = load_policy(run / 'final')
     cache = EpisodeCache(caches['labelled'])
     assert policy.cfg.action_dim == cache.meta['action_dim'] and policy.cfg.state_dim == cache.meta['state_dim']
-    # The data rate travels with the checkpoint: the runtime derives the chunk's dt from it.
-    assert read_meta(run / 'final')['extra']['fps'] == pytest.approx(cache.meta['fps'])
+    # The data's facts travel with the checkpoint, typed: the runtime derives the chunk's dt from
+    # the fps and names the chunk's columns and the state's joints from it.
+    facts = checkpoint_facts(run / 'final')
+    assert facts.fps == pytest.approx(cache.meta['fps']) and 'fps' not in read_meta(run / 'final')['extra']
+    assert facts.action_names == tuple(cache.meta['action_names'])
+    assert len(facts.action_names) == cache.meta['action_dim']
+    assert facts.state_names == tuple(cache.meta['state_names'])
+    action_free = EpisodeCache(caches['action_free'])
+    assert checkpoint_facts(stage_runs['gfdm'] / 'final').fps == pytest.approx(action_free.meta['fps'])
     # The normalization stats were computed from the cache and travel in the checkpoint.
     assert np.allclose(policy.normalizer.stats['action']['max'].numpy(), cache.stats['action']['max'])
     # GFDM is frozen by default: its weights are exactly the gfdm stage export's.

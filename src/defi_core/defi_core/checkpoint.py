@@ -2,6 +2,8 @@
 
 No pickle: tensors go through safetensors, everything else through JSON. Writes are atomic (a
 temporary sibling directory renamed into place). Loading is strict and names what is wrong.
+Older schema versions are migrated on read (read_meta); what the runtime needs to know about the
+training data (fps, camera, action and state names) is read through checkpoint_facts().
 """
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .files import replace_directory, temp_directory_for
 from .config import SCHEMA_VERSION, DefiConfig
+from .files import replace_directory, temp_directory_for
 from .normalization import Normalizer
 
 CONFIG_FILE = 'config.json'
@@ -29,6 +32,11 @@ KINDS = ('policy', 'gfdm', 'gidm')
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file, key, shape or schema."""
+
+
+# DefiConfig fields that once travelled untyped in config.json's 'extra' (schema 1: extra.fps):
+# save_checkpoint refuses them there, so that they are never written where no reader looks.
+DATA_FACT_FIELDS = ('fps', 'action_names', 'state_names')
 
 
 def save_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
@@ -73,7 +81,12 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
                     extra: dict | None = None) -> Path:
     """Write a policy, or a GFDM / GIDM stage checkpoint (component='gfdm'|'gidm' on a policy, or pass
     policy.gfdm / policy.gidm). stats: a Normalizer or a stats dict; a policy needs stats (its own
-    normalizer is used when stats is None). extra: JSON-able info (step, metrics, ...)."""
+    normalizer is used when stats is None). extra: JSON-able info (step, metrics, ...); the data's
+    fps and names are DefiConfig fields (cfg.replace(fps=...)), not extra."""
+    misplaced = sorted(set(extra or {}) & set(DATA_FACT_FIELDS))
+    if misplaced:
+        raise ValueError(f'save_checkpoint: extra={misplaced} are DefiConfig fields since checkpoint schema 2; '
+                         f'pass cfg.replace({misplaced[0]}=...) instead')
     kind = _kind_of(module)
     if component is not None:
         if component not in ('gfdm', 'gidm') or kind != 'policy':
@@ -113,8 +126,29 @@ def save_checkpoint(dirpath, module, cfg: DefiConfig | None = None, stats=None, 
     return dirpath
 
 
+def _migrate_v1(meta: dict, path: Path) -> dict:
+    """Schema 1 -> 2: the data rate moves from extra.fps (written by defi-train) to config.fps.
+    Schema 1 recorded no action or state names: they stay () (unknown), and the runtime falls back
+    as documented in CheckpointFacts."""
+    extra = dict(meta.get('extra') or {})
+    fps = extra.pop('fps', None)
+    try:
+        fps = float(fps or 0.0)
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{path}: schema_version 1 with extra.fps={fps!r}, not a number; '
+                              'fix it or remove it to migrate this checkpoint') from None
+    config = dict(meta['config'])
+    config.setdefault('fps', fps)
+    return {**meta, 'schema_version': 2, 'config': config, 'extra': extra}
+
+
+# version -> the function that lifts a config.json of that version by one
+_MIGRATIONS = {1: _migrate_v1}
+
+
 def read_meta(dirpath) -> dict:
-    """config.json of a checkpoint, with its schema version and kind checked."""
+    """config.json of a checkpoint, with its schema version and kind checked; an older schema
+    version is migrated to SCHEMA_VERSION in memory ('migrated_from' then names the file's)."""
     dirpath = Path(dirpath)
     path = dirpath / CONFIG_FILE
     if not dirpath.is_dir():
@@ -125,13 +159,26 @@ def read_meta(dirpath) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f'{path}: invalid JSON ({err})') from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'{path}: expected a JSON object, got {type(meta).__name__}')
     version = meta.get('schema_version')
-    if version != SCHEMA_VERSION:
-        raise CheckpointError(f'{path}: unknown schema_version {version!r} (this code reads {SCHEMA_VERSION})')
+    # an int, not a bool: true == 1 in Python
+    known = version if isinstance(version, int) and not isinstance(version, bool) else None
+    if known is None or (known != SCHEMA_VERSION and known not in _MIGRATIONS):
+        readable = sorted([*_MIGRATIONS, SCHEMA_VERSION])
+        newer = ' (written by a newer DeFI: update this one)' if known is not None and known > SCHEMA_VERSION else ''
+        raise CheckpointError(f'{path}: unknown schema_version {version!r}{newer}; this code reads '
+                              f'schema versions {readable} (older ones are migrated on read)')
     if meta.get('kind') not in KINDS:
         raise CheckpointError(f'{path}: unknown kind {meta.get("kind")!r} (expected one of {KINDS})')
     if not isinstance(meta.get('config'), dict):
         raise CheckpointError(f'{path}: missing "config" mapping')
+    version = known
+    while version != SCHEMA_VERSION:        # each migration lifts the version by one
+        meta = _MIGRATIONS[version](meta, path)
+        version = int(meta['schema_version'])
+    if known != SCHEMA_VERSION:
+        meta['migrated_from'] = known
     return meta
 
 
@@ -208,8 +255,6 @@ def load_policy(dirpath, device='cpu', text_encoder=None, **cfg_overrides):
     policy = DefiPolicy(cfg, text_encoder=text_encoder)
     _strict_load(policy, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
     policy.set_normalization(load_stats(dirpath, meta))
-    # what training recorded (e.g. the data's fps, which gives the chunk dt at run time)
-    policy.checkpoint_extra = dict(meta.get('extra') or {})
     return policy.to(device).eval()
 
 
@@ -240,3 +285,40 @@ def load_state_into(policy, dirpath, component: str) -> None:
                               f'idm_type={policy.cfg.idm_type!r})')
     _strict_load(target, _read_tensors(dirpath / MODEL_FILE), str(dirpath / MODEL_FILE))
     policy.apply_trainable_flags()
+
+
+# ------------------------------------------------------------------------------------------------
+# What the runtime needs to know about the training data, in one place.
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """Facts of a checkpoint's training data (DefiConfig fields, set by defi-train from the episode
+    cache). Unknown facts (checkpoints saved by hand, or schema 1, which recorded no names):
+    fps = 0 -> chunk_dt_s is None (the caller says what it falls back to); action_names = () -> the
+    action decoder names the columns a0, a1, ...; state_names = () -> JointState positions are taken
+    in order (exactly state_dim of them)."""
+    fps: float
+    cameras: tuple
+    action_names: tuple
+    state_names: tuple
+    action_dim: int
+    state_dim: int
+
+    @property
+    def chunk_dt_s(self) -> float | None:
+        """Seconds between the steps of an action chunk (one per training-data frame)."""
+        return 1.0 / self.fps if self.fps > 0 else None
+
+
+def checkpoint_facts(source) -> CheckpointFacts:
+    """The training data's facts of a checkpoint directory, a loaded policy (or component) or a
+    DefiConfig. The one reader of fps / names: nodes and evaluation go through here."""
+    cfg = source if isinstance(source, DefiConfig) else getattr(source, 'cfg', None)
+    if cfg is None:
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f'checkpoint_facts: need a checkpoint directory, a policy or a DefiConfig, '
+                            f'got {type(source).__name__}')
+        cfg = load_config_from(source)
+    return CheckpointFacts(fps=float(cfg.fps), cameras=tuple(cfg.cameras), action_names=tuple(cfg.action_names),
+                           state_names=tuple(cfg.state_names), action_dim=int(cfg.action_dim),
+                           state_dim=int(cfg.state_dim))

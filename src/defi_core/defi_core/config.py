@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# Checkpoint schema (config.json). 2: the training data's facts (fps, action and state names) are
+# DefiConfig fields; version-1 checkpoints are migrated on read (defi_core.checkpoint.read_meta).
+SCHEMA_VERSION = 2
 
 IDM_TYPES = ('gidm', 'mlp', 'transformer', 'none')
 BACKBONES = ('gfdm', 'scratch')
@@ -28,6 +30,11 @@ class DefiConfig:
     action_dim: int = 4
     horizon: int = 10                    # action chunk length
     n_action_steps: int = 0              # actions popped per chunk by select_action (0 = horizon)
+    # --- facts of the training data (set by defi-train from the episode cache; no weight depends
+    # on them, the runtime reads them through defi_core.checkpoint.checkpoint_facts) ------------
+    fps: float = 0.0                     # frames (= action steps) per second: chunk dt = 1/fps; 0 = unknown
+    action_names: tuple = ()             # one per action column; () = unknown (runtime: a0, a1, ...)
+    state_names: tuple = ()              # one per observation.state value (joint names); () = unknown
     num_future_frames: int = 4           # T: frames GFDM predicts (t+s, ..., t+T*s)
     future_stride: int = 1               # s: frames between predicted frames
     frame_gap: int = 4                   # k: frames between the two GIDM frames (about 1 s)
@@ -97,6 +104,8 @@ class DefiConfig:
 
     def __post_init__(self):
         self.cameras = tuple(self.cameras)
+        self.action_names = tuple(self.action_names)
+        self.state_names = tuple(self.state_names)
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -148,6 +157,12 @@ class DefiConfig:
                 bad(name, 'must be > 0')
         if self.state_dim < 0:
             bad('state_dim', 'must be >= 0')
+        if not 0 <= self.fps < float('inf'):        # also refuses NaN
+            bad('fps', 'must be a finite number >= 0 (0 = unknown)')
+        for name, dim in (('action_names', self.action_dim), ('state_names', self.state_dim)):
+            names = getattr(self, name)
+            if names and (len(names) != dim or len(set(names)) != len(names)):
+                bad(name, f'must be empty or {dim} distinct names ({name[:-6]}_dim={dim})')
         if not 0 <= self.image_shift_px < self.image_size // 2:
             bad('image_shift_px', f'must be in [0, image_size/2={self.image_size // 2})')
         if not 0 <= self.n_action_steps <= self.horizon:
@@ -177,7 +192,8 @@ class DefiConfig:
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d['cameras'] = list(self.cameras)
+        for name in ('cameras', 'action_names', 'state_names'):     # lists: YAML's safe_dump takes no tuple
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
@@ -236,7 +252,7 @@ def field_type_error(name: str, value: Any) -> str | None:
     types = {f.name: f.type for f in fields(DefiConfig)}
     if name not in types:
         return None
-    base, nullable = _expected(types[name])
+    base, nullable = _expected(str(types[name]))      # a string: `from __future__ import annotations`
     if (value is None and nullable) or _fits(base, value):
         return None
     null = ' or null' if nullable else ''

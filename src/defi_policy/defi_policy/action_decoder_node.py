@@ -18,14 +18,13 @@ from typing import List
 import numpy as np
 from sensor_msgs.msg import JointState
 
+from defi_core.checkpoint import checkpoint_facts
 from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 from defi_perception import qos
-from defi_perception.conversions import (chunk_to_msg, latent_from_msg, policy_features_from_msg,
-                                         stamp_to_ns)
-from defi_perception.node_base import (DefiNode, ModelParams, model_call, run_node,
-                                      warm_up_features)
+from defi_perception.conversions import chunk_to_msg, latent_from_msg, policy_features_from_msg, stamp_to_ns
+from defi_perception.node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
 from defi_perception.params import param
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
@@ -42,7 +41,8 @@ class ActionDecoderParams(ModelParams):
     state_names: List[str] = param([], "joints forming the state, matched by name in each JointState; "
                                    "[] = the checkpoint's names if it records them, else the message "
                                    "must carry exactly state_dim positions")
-    action_names: List[str] = param([], 'names of the chunk columns (ActionChunk.names); [] = a0, a1, ...')
+    action_names: List[str] = param([], "names of the chunk columns (ActionChunk.names); [] = the "
+                                    "checkpoint's (its training data's), else a0, a1, ...")
     action_dt: float = param(0.0, "seconds between chunk steps; 0 = 1/fps of the checkpoint's training data",
                              min=0.0, max=60.0)
     max_age_s: float = param(1.0, 'features older than this are not decoded (s)', min=0.0, max=3600.0)
@@ -61,6 +61,7 @@ class ActionDecoderNode(DefiNode):
         self._features = OrderedDict()   # stamp -> (features, instruction)
         self._latents = OrderedDict()    # stamp -> tokens
         self._joint_state = None
+        self.state_names: list = []      # setup(): the parameter's, else the checkpoint's
 
     def setup(self) -> None:
         p, cfg = self.params, self.policy.cfg
@@ -72,8 +73,15 @@ class ActionDecoderNode(DefiNode):
                              f'checkpoint state_dim {cfg.state_dim}')
         if p.action_dt < 0:
             raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
-        self.action_dt = p.action_dt or self._checkpoint_dt()
-        self.names = list(p.action_names) or [f'a{i}' for i in range(cfg.action_dim)]
+        facts = checkpoint_facts(self.policy)
+        self.action_dt = p.action_dt or self._checkpoint_dt(facts)
+        if p.action_names and facts.action_names and list(p.action_names) != list(facts.action_names):
+            self.get_logger().info(f"parameter 'action_names' {list(p.action_names)} renames the "
+                                   f"checkpoint's action columns {list(facts.action_names)}")
+        self.names = (list(p.action_names) or list(facts.action_names)
+                      or [f'a{i}' for i in range(cfg.action_dim)])
+        # counts checked: the parameter's above, the checkpoint's by DefiConfig.validate
+        self.state_names = list(p.state_names) or list(facts.state_names)
         if cfg.state_dim > 0:
             self.create_subscription(JointState, p.joint_states_topic, self.on_joint_state,
                                      qos.SENSOR, callback_group=self.callbacks)
@@ -87,16 +95,11 @@ class ActionDecoderNode(DefiNode):
         self.worker = LatestWorker(self._compute, 'defi-decode',
                                    functools.partial(self.report_failure, 'action decoding'))
 
-    def _checkpoint_dt(self) -> float:
-        """1/fps of the data the checkpoint was trained on (config.json extra.fps)."""
-        fps = (getattr(self.policy, 'checkpoint_extra', None) or {}).get('fps')
-        try:
-            fps = float(fps or 0.0)
-        except (TypeError, ValueError):
-            fps = 0.0
-        if fps > 0:
-            return 1.0 / fps
-        self.get_logger().warning(f"the checkpoint records no training fps (config.json extra.fps): "
+    def _checkpoint_dt(self, facts) -> float:
+        """1/fps of the data the checkpoint was trained on (its config's fps)."""
+        if facts.chunk_dt_s is not None:
+            return facts.chunk_dt_s
+        self.get_logger().warning(f"the checkpoint records no training fps (config.json config.fps): "
                                   f"chunk dt = {FALLBACK_DT_S} s; set parameter 'action_dt' to the "
                                   'control period of the training data')
         return FALLBACK_DT_S
@@ -173,15 +176,10 @@ class ActionDecoderNode(DefiNode):
             self.report_error('malformed_inputs', f'{self.params.joint_states_topic}: {exc}')
             return False, None
 
-    def _state_names(self) -> list:
-        extra = getattr(self.policy, 'checkpoint_extra', None) or {}
-        names = list(self.params.state_names) or list(extra.get('state_names') or [])
-        return names if len(names) == self.policy.cfg.state_dim else []
-
     def _state_vector(self) -> np.ndarray:
         """The state from the latest JointState, by joint name; a message whose names or count do
         not fit is refused (never the first state_dim of more positions)."""
-        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self._state_names()
+        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.state_names
         if msg is None:
             raise ValueError(f'no JointState received yet (the checkpoint needs state_dim={dim})')
         pos, msg_names = list(msg.position), list(msg.name)
@@ -190,8 +188,8 @@ class ActionDecoderNode(DefiNode):
         if names:
             missing = [n for n in names if n not in msg_names]
             if missing:
-                raise ValueError(f'name: joints {missing} (parameter state_names) are not in the '
-                                 f'message (it has {msg_names[:16]})')
+                raise ValueError(f"name: joints {missing} (parameter state_names, else the checkpoint's) "
+                                 f'are not in the message (it has {msg_names[:16]})')
             pos = [pos[msg_names.index(n)] for n in names]
         elif len(pos) != dim:
             raise ValueError(f'position: {len(pos)} values, the checkpoint needs state_dim={dim}; '

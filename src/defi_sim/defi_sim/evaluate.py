@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
@@ -120,12 +120,20 @@ def frame_offsets_steps(cfg, frame_dt_s: float, observation_period_s: float) -> 
 
 
 def _policy_state(policy, sim) -> Optional[np.ndarray]:
-    """observation.state for policies trained with proprioception: the first state_dim joint
-    positions, as the ROS action decoder reads them from joint_states (state_names unset)."""
+    """observation.state for policies trained with proprioception, as the ROS action decoder reads
+    it from joint_states: the joints the checkpoint names, else the first state_dim positions."""
+    from defi_core.checkpoint import checkpoint_facts
     dim = policy.cfg.state_dim
     if dim <= 0:
         return None
     state = sim.joint_positions()
+    names = checkpoint_facts(policy).state_names
+    if names:
+        missing = [n for n in names if n not in sim.joint_names]
+        if missing:
+            raise ValueError(f"the checkpoint's state joints {missing} are not joints of the sim "
+                             f'({", ".join(sim.joint_names)})')
+        return state[[list(sim.joint_names).index(n) for n in names]]
     if state.shape[0] < dim:
         raise ValueError(f'the checkpoint expects observation.state of {dim} values; the sim has only '
                          f'{state.shape[0]} joint positions ({", ".join(sim.joint_names)})')
@@ -134,8 +142,9 @@ def _policy_state(policy, sim) -> Optional[np.ndarray]:
 
 def _observation(policy, frames: dict, instruction: str, state):
     import torch
-    obs = {f'observation.images.{view}': torch.from_numpy(frames[view]).permute(2, 0, 1)[None].contiguous()
-           for view in policy.cfg.cameras}
+    obs: dict[str, Any] = {
+        f'observation.images.{view}': torch.from_numpy(frames[view]).permute(2, 0, 1)[None].contiguous()
+        for view in policy.cfg.cameras}
     obs['task'] = [instruction]
     if state is not None:
         obs['observation.state'] = torch.as_tensor(state, dtype=torch.float32)[None]
@@ -144,6 +153,7 @@ def _observation(policy, frames: dict, instruction: str, state):
 
 def _predict_frames(policy, obs, steps: int) -> list:
     import torch
+
     from defi_training.evaluation import predicted_frames_for_view
     if policy.gfdm is None:
         return []
@@ -164,9 +174,10 @@ def picture_indices(config: EvalConfig, num_frames: int) -> list:
 def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print):
     """Run config.episodes episodes per task in-process; -> (episodes, pictures per task)."""
     import torch
+
     from defi_core.runtime import Chunk, ChunkSchedule
-    from defi_training.evaluation import EpisodeResult
     from defi_sim.metaworld_env import MetaWorldSim
+    from defi_training.evaluation import EpisodeResult
 
     cfg = policy.cfg
     if cfg.action_dim != 4:
@@ -194,10 +205,11 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                 # torch build: float reductions may differ across CPUs, and through ROS the timing
                 # of chunks is not deterministic).
                 generator = torch.Generator().manual_seed(seed)
-                trajectory = {'hand': [], 'gripper': [], 'command': []} if config.record_trajectory else None
+                trajectory: Optional[dict[str, list]] = (
+                    {'hand': [], 'gripper': [], 'command': []} if config.record_trajectory else None)
                 keep = config.pictures and e == 0
                 pics = EpisodePictures(task) if keep else None
-                kept_views = []                  # every view of every observation (pictures)
+                kept_views: list = []            # every view of every observation (pictures)
                 success, k = False, 0
                 while sim.steps < config.max_steps and not success:
                     now_ns = k * period_ns
@@ -205,6 +217,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                     # rendering is most of a step's cost: only for a new chunk or the pictures
                     frames = sim.render() if replan or keep else None
                     if replan:
+                        assert frames is not None           # rendered for a new chunk (above)
                         obs = _observation(policy, frames, instruction, _policy_state(policy, sim))
                         t0 = time.perf_counter()
                         actions = policy.predict_action_chunk(obs, generator=generator)
@@ -235,7 +248,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
                         if result.truncated:
                             break
                     k += 1
-                if keep:
+                if pics is not None:                # keep: this episode's pictures
                     kept_views.append(sim.render())
                     pics.frames = [views[cfg.cameras[0]] for views in kept_views]
                     for k in picture_indices(config, len(kept_views)):
@@ -284,12 +297,13 @@ def write_pictures(pictures: dict, policy_cfg, config: EvalConfig, out_dir, log=
 
 def checkpoint_chunk_dt(checkpoint, config: EvalConfig) -> float:
     """Seconds between chunk steps: --action-dt, else 1/fps of the checkpoint's training data
-    (config.json extra.fps, when training recorded it), else one observation period."""
+    (its config's fps, when training recorded it), else one observation period (in the sim, unlike
+    on a robot, the observation period is known)."""
     if config.action_dt_s:
         return config.action_dt_s
+    from defi_core.checkpoint import CheckpointError, checkpoint_facts
     try:
-        from defi_core.checkpoint import read_meta
-        fps = float((read_meta(checkpoint).get('extra') or {}).get('fps') or 0.0)
-    except Exception:  # noqa: BLE001 - a missing or odd 'extra' just means: no fps recorded
-        fps = 0.0
-    return 1.0 / fps if fps > 0 else config.observation_period_s
+        dt = checkpoint_facts(checkpoint).chunk_dt_s
+    except CheckpointError:
+        dt = None       # unreadable: loading the policy next reports why, as a clear error
+    return dt or config.observation_period_s

@@ -187,7 +187,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         path = None
         if info.is_main:
             path = save_run_checkpoint(
-                run_dir, step, export_policy=lambda p: export_policy(policy, model_cfg, cfg.stage, stats, p, cache.meta['fps']),
+                run_dir, step, export_policy=lambda p: export_policy(policy, model_cfg, cfg.stage, stats, p),
                 optimizer=optimizer, rng_blobs=blobs, keep=cfg.keep_checkpoints,
                 trainer_state={'stage': cfg.stage, 'sampler': sampler.position(step), 'seed': cfg.seed,
                                'train_samples': len(train_ds), 'batch_size': cfg.batch_size,
@@ -280,7 +280,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     if len(set(digests)) != 1:
         log.warning(f'DDP ranks ended with different weights: {digests}')
     if info.is_main:
-        export_policy(policy, model_cfg, cfg.stage, stats, final_dir, cache.meta['fps'])
+        export_policy(policy, model_cfg, cfg.stage, stats, final_dir)
         (run_dir / 'summary.json').write_text(json.dumps({
             'stage': cfg.stage, 'steps': cfg.steps, 'final_loss': last_loss, 'samples_per_s': throughput,
             'world_size': info.world_size, 'rank_weight_sha256': digests, 'export': str(final_dir)}, indent=2))

@@ -85,8 +85,9 @@ def to_device(batch: dict, device: torch.device, stage: str) -> dict:
 
 
 def build_model_config(cfg: TrainConfig, cache):
-    """defi_core DefiConfig = preset + model.* overrides + shapes taken from the cache.
-    Returns (DefiConfig, the model section as resolved, for run_dir/config.yaml)."""
+    """defi_core DefiConfig = preset + model.* overrides + shapes and data facts (fps, action and
+    state names) taken from the cache. Returns (DefiConfig, the model section as resolved, for
+    run_dir/config.yaml)."""
     from defi_core.config import preset
     overrides = dict(cfg.model)            # keys already checked against DefiConfig by train_config.validate
     name = overrides.pop('preset', 'tiny')
@@ -102,9 +103,16 @@ def build_model_config(cfg: TrainConfig, cache):
             raise ValueError(f'episode cache {cfg.data.cache} has no actions: finetune needs labelled data '
                              f'(gfdm and gidm train on action-free caches)')
         derived['action_dim'] = int(cache.meta['action_dim'])
+    # the data's facts travel in the checkpoint (checkpoint_facts): the runtime's chunk dt and the
+    # names of the action columns and of the joints forming the state
+    derived['fps'] = float(cache.meta.get('fps') or 0.0)
+    for key, dim in (('action_names', 'action_dim'), ('state_names', 'state_dim')):
+        names = tuple(cache.meta.get(key) or ())
+        if names and dim in derived and len(names) == derived[dim]:
+            derived[key] = names
     for key, value in derived.items():
         if key in overrides:
-            given = tuple(overrides[key]) if key == 'cameras' else overrides[key]
+            given = tuple(overrides[key]) if isinstance(value, tuple) else overrides[key]
             if key == 'cameras' and set(given) <= set(value) and given:
                 derived['cameras'] = given           # a subset of the cache's cameras, in the given order
             elif given != value:
@@ -115,7 +123,8 @@ def build_model_config(cfg: TrainConfig, cache):
         for key, value in gfdm_stage_settings(cfg, overrides).items():
             overrides.setdefault(key, value)
     try:
-        return preset(name, **overrides), {'preset': name, **overrides, 'cameras': list(overrides['cameras'])}
+        listed = {k: list(v) for k, v in overrides.items() if isinstance(v, tuple)}   # YAML takes no tuple
+        return preset(name, **overrides), {'preset': name, **overrides, **listed}
     except (ValueError, TypeError) as err:
         raise ConfigError(f'model config: {err}') from None
 
@@ -220,16 +229,15 @@ class StageObjective(nn.Module):
         return self.policy.compute_loss(batch)
 
 
-def export_policy(policy, model_cfg, stage: str, stats: dict, path: Path, fps: float) -> None:
+def export_policy(policy, model_cfg, stage: str, stats: dict, path: Path) -> None:
     """A defi_core checkpoint: the whole policy (finetune) or the stage's component (gfdm / gidm;
-    load_component opens it, finetune loads it with load_state_into). The data rate travels with
-    it: the runtime needs it for the chunk's dt (one action per frame of the training data)."""
+    load_component opens it, finetune loads it with load_state_into). The data's facts (fps for the
+    chunk's dt, action and state names) travel in model_cfg (build_model_config)."""
     from defi_core.checkpoint import save_checkpoint
-    extra = {'fps': float(fps)}
     if stage == 'finetune':
-        save_checkpoint(path, policy, model_cfg, stats or None, extra=extra)
+        save_checkpoint(path, policy, model_cfg, stats or None)
     else:
-        save_checkpoint(path, policy, model_cfg, component=stage, extra=extra)
+        save_checkpoint(path, policy, model_cfg, component=stage)
 
 
 def load_run_weights(policy, ckpt_dir: Path, stage: str) -> None:
