@@ -32,8 +32,9 @@ def test_two_cameras_as_of_sync_features_and_predicted_strip(ros_context, spin, 
     from defi_msgs.msg import ForwardFeatures, PolicyStatus
     from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode
+    # by name, in another order than the checkpoint's cameras
     node = ForwardPredictorNode(policy=two_camera_policy, context=ros_context, parameter_overrides=params(
-        camera_topics=['cam/front/image_raw', 'cam/wrist/image_raw/compressed'],
+        camera_topics=['wrist=cam/wrist/image_raw/compressed', 'front=cam/front/image_raw'],
         preview_rate_hz=5.0, preview_steps=2, status_rate_hz=10.0, max_age_s=5.0))
     probe = Probe(ros_context)
     probe.listen(ForwardFeatures, 'defi/forward_features', qos.FEATURES)
@@ -91,5 +92,36 @@ def test_wrong_number_of_camera_topics_fails_configure_with_the_parameter_name(r
     try:
         assert not node.start()
         assert 'camera_topics' in node.counters.last_error
+    finally:
+        node.destroy_node()
+
+
+def test_camera_topics_map_checkpoint_cameras_by_name():
+    from defi_perception.forward_predictor_node import camera_topic_map
+    cams = ('front', 'wrist')
+    assert camera_topic_map(['wrist = w/image_raw', 'front=f/image_raw'], cams) == (
+        {'front': 'f/image_raw', 'wrist': 'w/image_raw'}, False)
+    # plain topics: the checkpoint's camera order (the older form)
+    assert camera_topic_map(['f/image_raw', 'w/image_raw'], cams) == (
+        {'front': 'f/image_raw', 'wrist': 'w/image_raw'}, True)
+    for entries, words in ((['front=f', 'side=s'], r"not a checkpoint camera: \['side'\]; no topic for \['wrist'\]"),
+                           (['front=f'], r"no topic for \['wrist'\]"),
+                           (['front=f', 'w/image_raw'], 'mixes'),
+                           (['front=f', 'front=g'], "camera 'front' is given twice"),
+                           (['front=', 'wrist=w'], "'front=' is not '<camera>=<topic>'"),
+                           (['only/one'], r"1 topic\(s\)")):
+        with pytest.raises(ValueError, match=words) as err:
+            camera_topic_map(entries, cams)
+        assert "parameter 'camera_topics'" in str(err.value)
+
+
+def test_camera_name_not_in_the_checkpoint_fails_configure_naming_its_cameras(ros_context, two_camera_policy):
+    from defi_perception.forward_predictor_node import ForwardPredictorNode
+    node = ForwardPredictorNode(policy=two_camera_policy, context=ros_context,
+                                parameter_overrides=params(camera_topics=['front=f/image_raw', 'side=s/image_raw']))
+    try:
+        assert not node.start()
+        err = node.counters.last_error
+        assert 'camera_topics' in err and "['front', 'wrist']" in err and "'side'" in err
     finally:
         node.destroy_node()

@@ -19,7 +19,7 @@ from launch_ros.substitutions import FindPackageShare
 MODEL_NODES = ['forward_predictor_node', 'latent_action_encoder_node', 'action_decoder_node']
 PARAMETER_ARGUMENTS = {
     'checkpoint': ('checkpoint directory', MODEL_NODES),
-    'camera_topics': ("camera topics, one per checkpoint camera (YAML list, e.g. \"['camera/image_raw']\")",
+    'camera_topics': ("the topic of each checkpoint camera by name (YAML list, e.g. \"['front=camera/image_raw']\")",
                       ['forward_predictor_node']),
     'output_mode': ('twist | joint_trajectory | passthrough', ['chunk_executor_node']),
     'dry_run': ('true: compute everything, command nothing', ['chunk_executor_node']),

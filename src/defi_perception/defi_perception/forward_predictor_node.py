@@ -15,29 +15,71 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from defi_core.checkpoint import checkpoint_facts
 from defi_core.runtime.camera_sync import CameraSync
 from defi_core.runtime.inputs import DEFAULT_MAX_INSTRUCTION_CHARS, check_instruction
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, PolicyStatus
 
 from . import qos
-from .conversions import (features_to_msg, image_msg_to_rgb, is_compressed_topic, rgb_to_image_msg,
-                          stamp_to_ns, string_from_cdr)
+from .conversions import (
+    features_to_msg,
+    image_msg_to_rgb,
+    is_compressed_topic,
+    rgb_to_image_msg,
+    stamp_to_ns,
+    string_from_cdr,
+)
 from .node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
 from .params import param
+
+
+def camera_topic_map(entries: Sequence[str], cameras: Sequence[str]) -> Tuple[Dict[str, str], bool]:
+    """({checkpoint camera: topic} in the checkpoint's camera order, True when given by position)
+    from parameter camera_topics: '<camera>=<topic>' entries, matched by name in any order (a ROS
+    topic name never holds '='), or plain topics taken in the checkpoint's camera order."""
+    where = "parameter 'camera_topics'"
+    entries, cameras = [str(e).strip() for e in entries], list(cameras)
+    named = ['=' in e for e in entries]
+    if entries and not any(named):
+        if len(entries) != len(cameras):
+            raise ValueError(f'{where}: {len(entries)} topic(s) {entries} for the checkpoint cameras '
+                             f"{cameras}; give one '<camera>=<topic>' per camera (or one topic per "
+                             'camera, in this order)')
+        return dict(zip(cameras, entries, strict=True)), True
+    if not all(named):
+        raise ValueError(f"{where}: {entries} mixes '<camera>=<topic>' entries and plain topics; give "
+                         f"one '<camera>=<topic>' per checkpoint camera {cameras}")
+    given: Dict[str, str] = {}
+    for entry in entries:
+        name, _, topic = (part.strip() for part in entry.partition('='))
+        if not name or not topic:
+            raise ValueError(f"{where}: {entry!r} is not '<camera>=<topic>'")
+        if name in given:
+            raise ValueError(f'{where}: camera {name!r} is given twice')
+        given[name] = topic
+    unknown = [n for n in given if n not in cameras]
+    missing = [c for c in cameras if c not in given]
+    if unknown or missing:
+        raise ValueError(f'{where}: the checkpoint cameras are {cameras}; '
+                         + '; '.join(([f'not a checkpoint camera: {unknown}'] if unknown else [])
+                                     + ([f'no topic for {missing}'] if missing else [])))
+    return {c: given[c] for c in cameras}, False
 
 
 @dataclass
 class ForwardPredictorParams(ModelParams):
     camera_topics: List[str] = param(
-        ['camera/image_raw'], "one image topic per checkpoint camera, in the checkpoint's camera "
+        ['camera/image_raw'], "the image topic of each checkpoint camera, by name: '<camera>=<topic>' "
+        "(e.g. 'front=camera/front/image_raw'); plain topics are taken in the checkpoint's camera "
         "order; '.../compressed' topics are read as sensor_msgs/CompressedImage")
     instruction_topic: str = param('instruction', 'std_msgs/String language instruction (latched)')
     features_topic: str = param('defi/forward_features', 'ForwardFeatures out')
@@ -60,6 +102,7 @@ class ForwardPredictorNode(DefiNode):
     def __init__(self, policy=None, node_name: str = 'forward_predictor', **kwargs):
         super().__init__(node_name, policy=policy, **kwargs)
         self.instruction = ''
+        self.camera_topics: Dict[str, str] = {}     # setup(): checkpoint camera -> its image topic
         self._lock = threading.Lock()
         self._last_submitted_ns = -1
         self.features_worker = None
@@ -71,10 +114,14 @@ class ForwardPredictorNode(DefiNode):
     # ---- lifecycle hooks ----------------------------------------------------------------------
     def setup(self) -> None:
         p, cfg = self.params, self.policy.cfg
-        if len(p.camera_topics) != len(cfg.cameras):
-            raise ValueError(f"parameter 'camera_topics': {len(p.camera_topics)} topic(s) "
-                             f'{p.camera_topics} for the checkpoint cameras {list(cfg.cameras)} '
-                             f'(one topic per camera, in this order)')
+        cameras = checkpoint_facts(self.policy).cameras
+        self.camera_topics, by_position = camera_topic_map(p.camera_topics, cameras)
+        if by_position and len(cameras) > 1:
+            # the order is easy to get wrong and nothing would notice: the views would just swap
+            self.get_logger().warning(
+                f"parameter 'camera_topics': plain topics taken in the checkpoint's camera order "
+                f"({', '.join(f'{c}={t}' for c, t in self.camera_topics.items())}); give them by name, "
+                f"'<camera>=<topic>'")
         if p.control_rate_hz <= 0:
             raise ValueError(f"parameter 'control_rate_hz': must be > 0, got {p.control_rate_hz}")
         self.sync = CameraSync(cfg.cameras, p.sync_tolerance_s)
@@ -82,7 +129,7 @@ class ForwardPredictorNode(DefiNode):
         stride = int(getattr(cfg, 'future_stride', 1))
         frames = int(getattr(cfg, 'feature_frames', cfg.num_future_frames))
         self.frame_offsets = [(j + 1) * stride for j in range(frames)] if frames > 1 else [0]
-        for cam, topic in zip(cfg.cameras, p.camera_topics):
+        for cam, topic in self.camera_topics.items():
             msg_type = CompressedImage if is_compressed_topic(topic) else Image
             self.create_subscription(msg_type, topic, functools.partial(self.on_image, cam, topic),
                                      qos.SENSOR, callback_group=self.callbacks)
@@ -193,10 +240,11 @@ class ForwardPredictorNode(DefiNode):
         stamp, frames, instruction = item
         now = self.now_ns()
         age_s = (now - stamp) * 1e-9
-        if not self.check_stamp(self.params.camera_topics[0], stamp, now):
+        topic = self.camera_topics[self.sync.reference]
+        if not self.check_stamp(topic, stamp, now):
             return      # the clock went back while this frame waited
         if age_s > self.params.max_age_s:
-            self.report_error('stale_observations', f'{self.params.camera_topics[0]}: observation is '
+            self.report_error('stale_observations', f'{topic}: observation is '
                               f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); skipped')
             return
         t0 = time.perf_counter()
@@ -223,9 +271,9 @@ class ForwardPredictorNode(DefiNode):
         # the model lock is taken per denoising step, so the control path waits at most one step
         # instead of a whole sampling loop (measured at 1 Hz, 10 steps, base: the whole loop under
         # the lock dropped 21 of 201 frames, p95 306 ms)
-        future = None
-        for future in _one_step_at_a_time(gfdm.sample_steps(self._images(frames), lang, steps=steps)):
-            pass
+        # run every step; only the last one's frames are shown
+        (future,) = deque(_one_step_at_a_time(gfdm.sample_steps(self._images(frames), lang, steps=steps)),
+                          maxlen=1)
         future = future[0].float().cpu().numpy()           # [T, V, 3, H, W] in [0, 1]
         if future.ndim == 4:                               # [T, 3, H, W]: one view
             future = future[:, None]
