@@ -326,10 +326,12 @@ def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size(tmp_path, monke
     assert (cfg.image_width, cfg.image_height, cfg.task, cfg.mode) == (64, 64, 'reach-v3', 'realtime')
     values = bringup_values(bringup_files)
     assert values['defi_bringup']['checkpoint'] == str(CHECKPOINT.resolve())
-    assert values['forward_predictor']['camera_topics'] == ['camera/front/image_raw']
+    assert values['forward_predictor']['camera_topics'] == ['front=camera/front/image_raw']   # by name
     # the predicted frames name the camera frame the sim publishes on TF (defi_sim.description)
     assert values['forward_predictor']['frame_id'] == 'front_camera_optical_frame'
-    assert values['action_decoder']['action_names'] == ['dx', 'dy', 'dz', 'gripper']
+    assert values['action_decoder']['action_names'] == []        # the checkpoint's: what the sim takes
+    from defi_core.checkpoint import checkpoint_facts
+    assert checkpoint_facts(CHECKPOINT).action_names == ('dx', 'dy', 'dz', 'gripper')
     assert values['chunk_executor']['output_mode'] == 'passthrough'
     assert values['execute_instruction_server']['success_topic'] == 'sim/success'
 
@@ -349,7 +351,9 @@ def test_eval_ros_parameters_are_the_stack_plus_its_overrides(tmp_path):
     assert values['defi_bringup']['torch_threads'] == 2           # base file says 1
     assert values['forward_predictor']['control_rate_hz'] == pytest.approx(40.0)
     assert values['forward_predictor']['preview_rate_hz'] == 0.0
-    assert values['action_decoder']['action_names'] == ['dx', 'dy', 'dz', 'gripper']
+    assert values['action_decoder']['action_names'] == []        # the checkpoint's: what the sim takes
+    from defi_core.checkpoint import checkpoint_facts
+    assert checkpoint_facts(CHECKPOINT).action_names == ('dx', 'dy', 'dz', 'gripper')
     assert values['chunk_executor']['start_enabled'] is False
 
 

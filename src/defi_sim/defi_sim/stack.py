@@ -66,7 +66,8 @@ def checkpoint_overrides(checkpoint, cameras: Sequence[str] = ()) -> tuple:
     bringup = {
         '/**': {'checkpoint': str(ckpt)},
         # features and predicted frames take camera 0's stamp: name its frame (published by the sim)
-        'forward_predictor': {'camera_topics': [f'camera/{v}/image_raw' for v in views],
+        # by name ('<view>=<topic>'): the sim publishes camera/<view>/image_raw
+        'forward_predictor': {'camera_topics': [f'{v}=camera/{v}/image_raw' for v in views],
                               'frame_id': camera_frame(views[0])},
     }
     return sim, bringup
