@@ -29,7 +29,8 @@ def remove_stale_temporaries(parent, prefix: str = '.', include_own: bool = Fals
     """Remove the temporaries in `parent` whose name starts with `prefix` and whose writer's PID is
     gone (SIGKILL, power loss, a full disk): a killed run cannot clean up after itself, so the next
     one does. Those of a live process (perhaps writing now) stay; ours only with include_own."""
-    parent, removed = Path(parent), []
+    parent = Path(parent)
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for path in parent.glob(f'{prefix}*'):

@@ -171,6 +171,6 @@ def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.empty((flat.shape[0], height, width, rgb.shape[-1]), np.uint8)
     for i, frame in enumerate(flat):
         img = Image.fromarray(frame if frame.shape[-1] != 1 else frame[..., 0])
-        res = np.asarray(img.resize((width, height), Image.BILINEAR, reducing_gap=3.0))
+        res = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0))
         out[i] = res if res.ndim == 3 else res[..., None]
     return out.reshape(*rgb.shape[:-3], height, width, rgb.shape[-1])

@@ -37,7 +37,7 @@ class TextEncoder:
             missing = sorted({t for t in texts if t not in self._cache})
             if missing:
                 emb = self._embed(missing).detach().to(torch.float32).cpu()
-                for t, e in zip(missing, emb):
+                for t, e in zip(missing, emb, strict=True):
                     self._cache[t] = e.clone()
             if not texts:
                 return torch.zeros(0, self.dim)

@@ -153,8 +153,8 @@ def edm_sample_steps(denoise, x, sigmas, sampler: str = 'euler'):
 
 def edm_sample(denoise, x, sigmas, sampler: str = 'euler'):
     """Deterministic EDM ODE sampler. denoise(x, sigma[B]) -> x0 estimate; x starts at sigmas[0] scale."""
-    for x in edm_sample_steps(denoise, x, sigmas, sampler):
-        pass
+    for x_step in edm_sample_steps(denoise, x, sigmas, sampler):
+        x = x_step
     return x
 
 

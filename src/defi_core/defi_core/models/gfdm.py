@@ -14,8 +14,20 @@ from torch import nn
 
 from ..config import DefiConfig
 from ..language import as_embedding, make_text_encoder
-from .blocks import (MLP, Attention, Block, FourierEmbedding, edm_sample_steps, edm_scalings, fixed_noise,
-                     images_to_float, karras_sigmas, modulate, patchify, unpatchify)
+from .blocks import (
+    MLP,
+    Attention,
+    Block,
+    FourierEmbedding,
+    edm_sample_steps,
+    edm_scalings,
+    fixed_noise,
+    images_to_float,
+    karras_sigmas,
+    modulate,
+    patchify,
+    unpatchify,
+)
 
 FEATURE_NOISE_SEED = 20260416  # features() uses one fixed noise draw so its output is deterministic
 
@@ -170,8 +182,9 @@ class GFDM(nn.Module):
     def sample(self, images, lang, steps: int | None = None, generator=None) -> torch.Tensor:
         """Predicted future frames [B, T, V, 3, H, W] in [0, 1] (deterministic Heun sampler)."""
         frames = None
-        for frames in self.sample_steps(images, lang, steps, generator):
-            pass
+        for step_frames in self.sample_steps(images, lang, steps, generator):
+            frames = step_frames
+        assert frames is not None, 'the sampler ran no step'
         return frames
 
     @torch.no_grad()
@@ -187,8 +200,8 @@ class GFDM(nn.Module):
         sigmas = karras_sigmas(steps or cfg.gfdm_sampling_steps, cfg.sigma_min,
                                cfg.gfdm_sample_sigma_max or cfg.sigma_max, device=cond_img.device)
         x = torch.randn(shape, generator=generator).to(cond_img.device) * sigmas[0]
-        for x in edm_sample_steps(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun'):
-            frames = x + cond_img[:, None] if cfg.gfdm_residual else x
+        for x_t in edm_sample_steps(lambda xx, s: self.denoise(xx, s, cond_img, lang), x, sigmas, 'heun'):
+            frames = x_t + cond_img[:, None] if cfg.gfdm_residual else x_t
             yield (frames.clamp(-1, 1) + 1) / 2
 
     def loss(self, batch, sigma=None):

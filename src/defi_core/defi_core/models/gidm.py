@@ -189,7 +189,8 @@ class GIDM(nn.Module):
         codes, actions, vq_loss = self.encode_tokens(tok0, tok1, batch['task'])
         pred = self.decode(tok0, actions)
         token_loss = F.mse_loss(pred, tok1.detach())
-        target_px = patchify(self._frames(batch['gap.images']), cfg.patch_size).reshape(pred.shape[0], pred.shape[1], -1)
+        target_px = patchify(self._frames(batch['gap.images']), cfg.patch_size)
+        target_px = target_px.reshape(pred.shape[0], pred.shape[1], -1)
         pixel_loss = F.mse_loss(self.pixel_head(pred), target_px)
         loss = token_loss + cfg.gidm_pixel_loss_weight * pixel_loss + vq_loss
         used = int(torch.unique(codes).numel())

@@ -3,10 +3,10 @@
 Nothing here imports rclpy: the nodes stay thin wrappers around these plain classes, which are
 tested without ROS.
 """
+from .camera_sync import CameraSync
 from .chunk_schedule import Chunk, ChunkSchedule, Step, parse_limits
 from .outputs import TwistAxes, joint_positions, resolve_twist_axes, twist_components, zero_action
 from .safety import SafetyLatch, StopReason, all_finite, observation_age_s
-from .camera_sync import CameraSync
 from .status import StatusCounters
 from .timing import BackJumpDetector, clock_mismatch, future_s, is_wall_clock
 from .worker import LatestWorker

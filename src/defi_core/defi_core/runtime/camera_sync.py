@@ -21,7 +21,7 @@ class CameraSync:
             raise ValueError('cameras: at least one camera is needed')
         self.cameras = tuple(cameras)
         self.tolerance_ns = int(round(float(tolerance_s) * 1e9))
-        self._buffers = {name: AsofBuffer(capacity) for name in self.cameras}
+        self._buffers: dict[str, AsofBuffer[np.ndarray]] = {name: AsofBuffer(capacity) for name in self.cameras}
         self.misses = 0
         self.last_missing: Optional[str] = None
 

@@ -37,7 +37,7 @@ def resolve_twist_axes(action_names: Sequence[str], axes: Sequence[str], action_
         raise ValueError(f'twist_axes: need 6 entries (linear xyz, angular xyz), got {len(axes)}')
     names = list(action_names)
     out = []
-    for field_name, entry in zip(TWIST_FIELDS, axes):
+    for field_name, entry in zip(TWIST_FIELDS, axes, strict=True):
         entry = str(entry).strip()
         if entry == '':
             out.append(-1)
