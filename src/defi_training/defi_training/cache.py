@@ -103,7 +103,7 @@ def write_cache(episodes: Iterable[Episode], out_dir: str | Path, topic_map: Top
                 np.save(ed / f'images.{cam}.npy', arr)
                 image_bytes += arr.nbytes
             np.save(ed / 'timestamp.npy', np.asarray(ep.timestamps, np.float64))
-            if ref['state_dim'] is not None:
+            if ref['state_dim'] is not None and ep.state is not None:   # _check_episode: both or neither
                 np.save(ed / 'observation.state.npy', np.asarray(ep.state, np.float32))
                 stats['observation.state'].update(ep.state)
             if action is not None:

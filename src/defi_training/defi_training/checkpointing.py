@@ -47,7 +47,8 @@ def capture_rng_state() -> bytes:
     py_version, py_state, py_gauss = random.getstate()
     tensors['python.state'] = torch.tensor(py_state, dtype=torch.int64)
     meta = {
-        'numpy': json.dumps({'kind': kind, 'pos': int(pos), 'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}),
+        'numpy': json.dumps({'kind': kind, 'pos': int(pos), 'has_gauss': int(has_gauss),
+                             'cached_gaussian': float(cached)}),
         'python': json.dumps({'version': py_version, 'gauss_next': py_gauss}),
     }
     return save(tensors, metadata=meta)
@@ -57,14 +58,16 @@ def restore_rng_state(blob: bytes) -> None:
     tensors = st_load_bytes(blob)
     meta = _safetensors_metadata_from_bytes(blob)
     torch.set_rng_state(tensors['torch'])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith('cuda.')), key=lambda k: int(k.split('.')[1]))]
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith('cuda.')),
+                                       key=lambda k: int(k.split('.')[1]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     np_meta = json.loads(meta['numpy'])
     keys = tensors['numpy.keys'].numpy().astype(np.uint32)
     np.random.set_state((np_meta['kind'], keys, np_meta['pos'], np_meta['has_gauss'], np_meta['cached_gaussian']))
     py_meta = json.loads(meta['python'])
-    random.setstate((py_meta['version'], tuple(int(x) for x in tensors['python.state'].tolist()), py_meta['gauss_next']))
+    py_state = tuple(int(x) for x in tensors['python.state'].tolist())
+    random.setstate((py_meta['version'], py_state, py_meta['gauss_next']))
 
 
 def _safetensors_metadata_from_bytes(blob: bytes) -> dict:

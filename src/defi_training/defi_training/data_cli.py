@@ -31,7 +31,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _split_overrides(args) -> None:
     """`key=value` words among the paths are config overrides (the train CLI's style)."""
-    paths, extra = [], []
+    paths: list[str] = []
+    extra: list[str] = []
     for p in args.paths:
         (extra if '=' in p and not Path(p).exists() else paths).append(p)
     args.paths = paths

@@ -94,7 +94,7 @@ def gather_bytes(blob: bytes, info: DistInfo) -> list[bytes]:
     padded[:mine.numel()] = mine
     out = [torch.zeros(longest, dtype=torch.uint8, device=info.device) for _ in range(info.world_size)]
     dist.all_gather(out, padded)
-    return [bytes(o[:int(s.item())].cpu().numpy().tobytes()) for o, s in zip(out, sizes)]
+    return [bytes(o[:int(s.item())].cpu().numpy().tobytes()) for o, s in zip(out, sizes, strict=True)]
 
 
 def broadcast_str(text: str, info: DistInfo) -> str:
@@ -147,8 +147,9 @@ class ResumableBatchSampler(Sampler):
 
     def __init__(self, dataset, batch_size: int, rank: int, world_size: int, seed: int,
                  start_step: int = 0, shuffle: bool = True):
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                          seed=seed, drop_last=len(dataset) >= world_size)
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+            drop_last=len(dataset) >= world_size)
         self.batch_size = batch_size
         self.steps_per_epoch = len(self.sampler) // batch_size
         if self.steps_per_epoch == 0:

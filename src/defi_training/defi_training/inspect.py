@@ -50,7 +50,8 @@ def _inspect_lerobot(path: Path) -> dict:
     return {'kind': 'lerobot', 'path': str(path), 'version': info.get('codebase_version'), 'fps': info.get('fps'),
             'episodes': info.get('total_episodes'), 'frames': info.get('total_frames'),
             'tasks': list(_read_tasks(path).values()),
-            'features': {k: {'dtype': v.get('dtype'), 'shape': v.get('shape')} for k, v in info.get('features', {}).items()},
+            'features': {k: {'dtype': v.get('dtype'), 'shape': v.get('shape')}
+                         for k, v in info.get('features', {}).items()},
             'episode_lengths': lengths}
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from defi_core.image_codec import encode_image
 from defi_core.msg_types import typestore
+
+if TYPE_CHECKING:
+    from rosbags.interfaces import Connection
 
 __all__ = ['SyntheticBag', 'write_synthetic_bag', 'synthetic_image']
 
@@ -94,7 +98,7 @@ def write_synthetic_bag(
         writer.set_compression(modes[compression], CompressionFormat.ZSTD)
     if instruction_in_metadata is not None:
         writer.set_custom_data('instruction', instruction_in_metadata)
-    records: list[tuple[int, object, bytes]] = []  # (receive time, connection, cdr)
+    records: list[tuple[int, Connection, bytes]] = []  # (receive time, connection, cdr)
     with writer:
         def conn(topic, msgtype):
             return writer.add_connection(topic_prefix + topic, msgtype, typestore=store)
@@ -177,8 +181,8 @@ def write_synthetic_bag(
                 msg = T['std_msgs/msg/Bool'](data=val)
                 records.append((t, c, store.serialize_cdr(msg, msg.__msgtype__)))
         records.sort(key=lambda r: r[0])
-        for t, c, data in records:
-            writer.write(c, t, data)
+        for t, c, cdr in records:
+            writer.write(c, t, cdr)
     return out
 
 

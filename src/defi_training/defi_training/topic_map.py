@@ -92,7 +92,8 @@ class TopicMap:
     # 'auto': header.stamp where the message has a (non-zero) header, else the bag receive time;
     # 'header' requires stamps; 'receive' always uses the receive time.
     clock: str = 'auto'
-    cameras: dict[str, str] = field(default_factory=lambda: {'front': 'camera/front/image_raw'})
+    # camera name -> image topic (None where only the name matters, e.g. for video files)
+    cameras: dict[str, str | None] = field(default_factory=lambda: {'front': 'camera/front/image_raw'})
     state: StateSpec = field(default_factory=StateSpec)
     action: ActionSpec = field(default_factory=ActionSpec)
     task: TaskSpec = field(default_factory=TaskSpec)

@@ -28,17 +28,47 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from defi_training.checkpointing import (capture_rng_state, latest_checkpoint, load_run_checkpoint,
-                                         restore_rng_state, save_run_checkpoint)
-from defi_training.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_str, cleanup_distributed,
-                                       gather_bytes, get_logger, init_distributed, seed_everything)
+from defi_training.checkpointing import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_run_checkpoint,
+    restore_rng_state,
+    save_run_checkpoint,
+)
+from defi_training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_str,
+    cleanup_distributed,
+    gather_bytes,
+    get_logger,
+    init_distributed,
+    seed_everything,
+)
 from defi_training.train_config import TrainConfig, save_train_config
-from defi_training.train_support import (StageObjective, build_model_config, build_policy, cache_stats,
-                                         check_data_order, export_policy, isolated_rng, load_run_weights,
-                                         load_stage_weights, log_sample_images, make_datasets,
-                                         make_train_loader, make_val_loader, open_cache, select_trainable,
-                                         set_train_mode, sync_non_gradient_state, to_device,
-                                         use_bf16_autocast, weights_digest)
+from defi_training.train_support import (
+    StageObjective,
+    build_model_config,
+    build_policy,
+    cache_stats,
+    check_data_order,
+    export_policy,
+    isolated_rng,
+    load_run_weights,
+    load_stage_weights,
+    log_sample_images,
+    make_datasets,
+    make_train_loader,
+    make_val_loader,
+    open_cache,
+    select_trainable,
+    set_train_mode,
+    sync_non_gradient_state,
+    to_device,
+    use_bf16_autocast,
+    weights_digest,
+)
 
 __all__ = ['train', 'lr_at', 'validate', 'open_cache', 'use_bf16_autocast', 'default_run_dir']
 
@@ -122,7 +152,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     train_ds, val_ds, split = make_datasets(cache, model_cfg, cfg)
     stats = cache_stats(cache) if cfg.stage == 'finetune' else {}
     log.info(f'defi-train {cfg.stage}: run {run_dir}, cache {cfg.data.cache} '
-             f'({cache.num_episodes} episodes: {len(split["train_episodes"])} train / {len(split["val_episodes"])} val, '
+             f'({cache.num_episodes} episodes: {len(split["train_episodes"])} train / '
+             f'{len(split["val_episodes"])} val, '
              f'{len(train_ds)} train samples), device {device}, world size {info.world_size}, '
              f'amp {"bf16" if use_amp else "off"}')
 
@@ -145,7 +176,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
     trainable = select_trainable(policy, cfg.stage)
     policy.to(device)
     objective = StageObjective(policy, cfg.stage)
-    model = objective
+    model: nn.Module = objective
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == 'cuda' else None,
@@ -182,7 +213,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / 'tb'), purge_step=start_step if start_step else None)
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
+        """The checkpoint's path (on the main process; None on the others)."""
         blobs = gather_bytes(capture_rng_state(), info)
         path = None
         if info.is_main:
@@ -237,7 +269,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
             throughput = window_steps * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
             window_steps = 0
             pbar.set_postfix(loss=f'{loss_mean:.4f}', lr=f'{lr:.2e}', sps=f'{throughput:.1f}')
-            if writer is not None:
+            if writer is not None and metrics_file is not None:     # both on the main process only
                 writer.add_scalar('train/loss', loss_mean, done)
                 for name, value in (parts or {}).items():
                     writer.add_scalar(f'train/{name}', float(value), done)
@@ -251,7 +283,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> Path:
 
         if done % cfg.eval_every == 0 or done == cfg.steps:
             val_loss = validate(model, val_loader, device, cfg.stage, use_amp, info, cfg.seed + 99)
-            if val_loss is not None and writer is not None:
+            if val_loss is not None and writer is not None and metrics_file is not None:
                 writer.add_scalar('val/loss', val_loss, done)
                 metrics_file.write(json.dumps({'step': done, 'val_loss': val_loss}) + '\n')
                 metrics_file.flush()

@@ -155,7 +155,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {cfg.data.val_fraction}")
     if not isinstance(cfg.model, dict):
         raise ConfigError("config key 'model': expected a mapping like {preset: tiny}")
-    from defi_core.config import PRESETS, DefiConfig, field_type_error   # ROS-free, cheap: fail before loading data
+    from defi_core.config import PRESETS, DefiConfig, field_type_error  # ROS-free, cheap: fail before loading data
     known = {f.name for f in dataclasses.fields(DefiConfig)} - {'preset_name'}
     for key, value in cfg.model.items():
         if key != 'preset' and key not in known:
@@ -199,7 +199,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
                 raise ConfigError(f'unknown config key {key!r}: model keys look like model.<field>')
             data['model'][parts[1]] = value
             continue
-        node, cls = data, TrainConfig
+        node: dict = data
+        cls: type = TrainConfig
         for depth, part in enumerate(parts):
             hints = typing.get_type_hints(cls)
             if part not in hints:
@@ -207,7 +208,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
                 raise ConfigError(f'unknown config key {key!r} (no {part!r} here; known: {known})')
             typ = hints[part]
             last = depth == len(parts) - 1
-            if dataclasses.is_dataclass(typ):
+            if isinstance(typ, type) and dataclasses.is_dataclass(typ):
                 if last:
                     raise ConfigError(f'config key {key!r} is a section; set one of its fields, e.g. {key}.<field>=...')
                 node, cls = node[part], typ
@@ -222,7 +223,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 # files
 
 
-def load_train_config(path: str | Path | None, stage: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path | None, stage: str | None = None,
+                      overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (optional) -> TrainConfig, then `stage` and overrides applied."""
     data: dict = {}
     if path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,8 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from defi_training.checkpointing import capture_rng_state, restore_rng_state
-from defi_training.distributed import (DistInfo, ResumableBatchSampler, fixed_batches, seed_everything,
-                                       seed_worker)
+from defi_training.distributed import DistInfo, ResumableBatchSampler, fixed_batches, seed_everything, seed_worker
 from defi_training.train_config import ConfigError, TrainConfig
 
 # Batch keys the action-free stages drop (they train on video only).
@@ -95,7 +95,7 @@ def build_model_config(cfg: TrainConfig, cache):
     if isinstance(size, (list, tuple)):
         raise ValueError(f'episode cache {cfg.data.cache}: images are {size[0]}x{size[1]}; the model needs square '
                          f'images (rebuild the cache with a square image size)')
-    derived = {'image_size': int(size), 'cameras': tuple(cache.cameras)}
+    derived: dict[str, Any] = {'image_size': int(size), 'cameras': tuple(cache.cameras)}
     if cache.has_state and overrides.get('state_dim', None) != 0:
         derived['state_dim'] = int(cache.meta['state_dim'])
     if cfg.stage == 'finetune':
@@ -178,7 +178,8 @@ def load_stage_weights(policy, cfg: TrainConfig, model_cfg, log) -> None:
                                ('gidm', cfg.gidm_checkpoint, 'gidm_pretrained')):
         if path and part not in [w[0] for w in wants]:
             log.warning(f'finetune: ignoring the {part} checkpoint {path} (model.{switch}=false or the '
-                        f'model has no pretrained {part}: backbone={model_cfg.backbone}, idm_type={model_cfg.idm_type})')
+                        f'model has no pretrained {part}: backbone={model_cfg.backbone}, '
+                        f'idm_type={model_cfg.idm_type})')
     for part, path, switch in wants:
         if not path:
             raise ConfigError(f'finetune needs the {part} stage checkpoint: pass --{part} CKPT '

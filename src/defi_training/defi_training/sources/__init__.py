@@ -177,13 +177,15 @@ def iter_episodes(paths, topic_map: TopicMap, report: Report, video_camera: str 
         pending: deque = deque()
         it = iter(inputs)
 
+        def read_all(kind: str, p) -> list:
+            return list(_read_one(kind, p, topic_map, report, video_camera))
+
         def submit_next() -> bool:
             for kind, p in it:
                 if kind == 'lerobot':   # large: read lazily in order instead of all at once
                     pending.append((kind, p, None))
                 else:
-                    pending.append((kind, p, pool.submit(
-                        lambda k=kind, q=p: list(_read_one(k, q, topic_map, report, video_camera)))))
+                    pending.append((kind, p, pool.submit(read_all, kind, p)))
                 return True
             return False
 

@@ -73,7 +73,7 @@ def _read_tasks(root: Path) -> dict[int, str]:
             (n for n in names if n != 'task_index' and str(t.schema.field(n).type) in ('string', 'large_string')), None)
         if text_col is None:
             raise ValueError(f'{p}: no task text column')
-        return dict(zip(idx.tolist(), [str(x) for x in t.column(text_col).to_pylist()]))
+        return dict(zip(idx.tolist(), [str(x) for x in t.column(text_col).to_pylist()], strict=True))
     p = root / 'meta' / 'tasks.jsonl'
     if p.is_file():
         out = {}
@@ -239,7 +239,7 @@ def _stats(x: np.ndarray) -> dict:
     """Stats over rows of x [N, D]: arrays of D values (count: [N])."""
     x = np.asarray(x, np.float64)
     out = {'min': x.min(0), 'max': x.max(0), 'mean': x.mean(0), 'std': x.std(0), 'count': np.array([x.shape[0]])}
-    out.update(zip(map(_quantile_key, QUANTILES), np.quantile(x, QUANTILES, axis=0)))
+    out.update(zip(map(_quantile_key, QUANTILES), np.quantile(x, QUANTILES, axis=0), strict=True))
     return out
 
 
@@ -303,7 +303,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
     rows: dict[str, list] = {k: [] for k in ('timestamp', 'frame_index', 'episode_index', 'index', 'task_index')}
     states, actions = [], []
     image_stats: dict[str, list] = {}      # camera -> stats of each episode
-    ep_rows = []
+    ep_rows: list[dict] = []
     tasks: dict[str, int] = {}
     ref = None
     total = 0
@@ -378,7 +378,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
             return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float32()), arr.shape[1])
 
         cols = {}
-        features = {}
+        features: dict[str, dict] = {}
         stats = {}
         if states:
             st = np.concatenate(states)
@@ -410,7 +410,7 @@ def write_lerobot(episodes: Iterable[Episode], out_dir: str | Path, fps: float, 
         epp = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         epp.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(ep_rows), epp)
-        task_list = sorted(tasks, key=tasks.get)
+        task_list = sorted(tasks, key=tasks.__getitem__)
         ttab = pa.table({'task': pa.array(task_list, pa.string()),
                          'task_index': pa.array([tasks[t] for t in task_list], pa.int64())})
         ttab = ttab.replace_schema_metadata({b'pandas': _pandas_index_meta('task', [('task', 'unicode'),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -58,11 +58,11 @@ class _Stream:
         self.msgtype = msgtype
         self.recv: list[int] = []
         self.stamps: list[int] = []
-        self.values: list = []
+        self.values: Any = []              # a list while reading; images and vectors become arrays
         self.names: list[str] = []
         self.clock = 'receive'
-        self.times: np.ndarray | None = None
-        self.order: np.ndarray | None = None
+        self.times = np.zeros(0, np.int64)     # sorted sample times, set by finish()
+        self.order = np.zeros(0, np.int64)     # the order that sorts the samples, set by finish()
 
     def finish(self, clock: str) -> None:
         recv = np.asarray(self.recv, dtype=np.int64)
@@ -197,8 +197,10 @@ def _align_qos(reader) -> list[str]:
     """Topics whose QoS text in metadata.yaml differs from the storage file's (rosbag2's own test
     bags talker, convert_a): rosbags pairs the two connections by it and then yields none of their
     messages. The storage file's text is taken instead; returns those topics."""
-    fixed = set()
+    fixed: set[str] = set()
     bag = getattr(reader, 'storage', None)          # rosbags' reader of a bag folder
+    if bag is None:
+        return []
     for storage in getattr(bag, 'storages', None) or []:
         for i, conn in enumerate(bag.connections):   # the list reader.connections returns
             same = [x for x in storage.connections if x.topic == conn.topic and x.msgtype == conn.msgtype]
@@ -222,7 +224,8 @@ def _read_streams(path: Path, tm: TopicMap, store, report: Report | None = None)
             report.warn(path, _qos_warning(fixed))
         by_topic = _connections_by_topic(reader)
         available = ', '.join(sorted(by_topic)) or 'none'
-        roles: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # role -> (topic, allowed types); TopicMap's checks guarantee the topics a role needs
+        roles: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         for cam, topic in tm.cameras.items():
             if not topic:           # e.g. a config for video files, where only the name matters
                 raise BadData(f"camera '{cam}' has no topic in the data config: set cameras.{cam}=<image "
@@ -416,6 +419,7 @@ def _episodes(path: Path, tm: TopicMap, streams: dict, info: dict, report: Repor
                 action = values['action'][idx['action'][rows]]
                 action_names = list(streams['action'].names)
             elif tm.action.source in ('next_state', 'state_delta'):
+                assert state is not None      # required_state: _read_streams found the state topic
                 nxt = np.concatenate([state[1:], state[-1:]])
                 action = nxt if tm.action.source == 'next_state' else nxt - state
                 action_names = list(state_names)
@@ -455,17 +459,17 @@ def inspect_bag(path: str | Path) -> dict:
             times[conn.topic].append(t)
     topics = {}
     for topic, mtype in sorted(types.items()):
-        t = np.asarray(sorted(times.get(topic, [])), dtype=np.int64)
-        n = int(t.size)
-        dur = float((t[-1] - t[0]) / 1e9) if n > 1 else 0.0
+        st = np.asarray(sorted(times.get(topic, [])), dtype=np.int64)
+        n = int(st.size)
+        dur = float((st[-1] - st[0]) / 1e9) if n > 1 else 0.0
         rate = (n - 1) / dur if dur > 0 else 0.0
         gaps = []
         max_gap = 0.0
         if n > 2:
-            d = np.diff(t)
+            d = np.diff(st)
             max_gap = float(d.max() / 1e9)
             med = float(np.median(d))
-            gaps = [(float((a - t[0]) / 1e9), float((b - a) / 1e9)) for a, b in find_gaps(t, int(3 * med))]
+            gaps = [(float((a - st[0]) / 1e9), float((b - a) / 1e9)) for a, b in find_gaps(st, int(3 * med))]
         topics[topic] = {'type': mtype, 'count': n, 'rate_hz': rate, 'duration_s': dur,
                          'max_gap_s': max_gap, 'gaps': gaps}
     all_t = [x for v in times.values() for x in v]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from defi_core.timesync import asof_indices, fixed_rate_times
 
 from ..topic_map import TopicMap
 from . import Episode, Report
+
+if TYPE_CHECKING:
+    from av.container import OutputContainer
 
 __all__ = ['read_video', 'video_instruction', 'decode_video', 'write_video', 'VideoWriter', 'probe_video']
 
@@ -81,8 +84,8 @@ def decode_video(path: str | Path, size: int | None = None) -> tuple[np.ndarray,
     Resizing happens in libswscale (area filter) while decoding, so full-size frames never pile up.
     """
     import av
-    frames = []
-    times = []
+    frames: list[np.ndarray] = []
+    times: list[float] = []
     with av.open(str(path)) as c:
         if not c.streams.video:
             raise ValueError('no video stream')
@@ -98,9 +101,9 @@ def decode_video(path: str | Path, size: int | None = None) -> tuple[np.ndarray,
             times.append(float(t))
     if not frames:
         return np.zeros((0, size or 1, size or 1, 3), np.uint8), np.zeros(0)
-    times = np.asarray(times)
-    order = np.argsort(times, kind='stable')
-    return np.stack(frames)[order], times[order]
+    stamps = np.asarray(times)
+    order = np.argsort(stamps, kind='stable')
+    return np.stack(frames)[order], stamps[order]
 
 
 _H264 = ('libx264', 'h264')
@@ -116,23 +119,28 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, codec: str = 'libx264',
                  crf: int = 18, gop: int | None = None, pix_fmt: str = 'yuv420p'):
-        import av
         from fractions import Fraction
+
+        import av
         if codec in _H264 and pix_fmt == 'yuv420p' and (height % 2 or width % 2):
             raise ValueError(f'{path}: h264 with yuv420p needs even frame sizes, got {width}x{height}')
         self._av = av
         self.path, self.width, self.height, self.frames = Path(path), int(width), int(height), 0
         rate = Fraction(fps).limit_denominator(1000)
-        self._container = av.open(str(path), mode='w')
+        container = av.open(str(path), mode='w')
+        self._container: OutputContainer | None = container
         try:
-            self._stream = self._container.add_stream('libx264' if codec == 'h264' else codec, rate=rate)
+            stream = container.add_stream('libx264' if codec == 'h264' else codec, rate=rate)
+            if not isinstance(stream, av.VideoStream):
+                raise ValueError(f'{path}: {codec!r} is not a video codec')
+            self._stream = stream
             self._stream.width, self._stream.height, self._stream.pix_fmt = self.width, self.height, pix_fmt
             self._stream.codec_context.time_base = 1 / rate
             if codec in _H264:
                 self._stream.options = {'crf': str(crf), 'preset': 'veryfast',
                                         **({'g': str(gop)} if gop is not None else {})}
         except Exception:
-            self._container.close()
+            container.close()
             raise
 
     def write(self, img: np.ndarray) -> None:
@@ -141,22 +149,26 @@ class VideoWriter:
         if img.shape != (self.height, self.width, 3):
             raise ValueError(f'{self.path}: frame {self.frames} has shape {img.shape}, '
                              f'expected {(self.height, self.width, 3)}')
+        container = self._container
+        if container is None:
+            raise ValueError(f'{self.path}: the writer is closed')
         frame = self._av.VideoFrame.from_ndarray(img, format='rgb24')
         frame.pts = self.frames
         self.frames += 1
         for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+            container.mux(packet)
 
     def close(self, flush: bool = True) -> None:
         """Flush the encoder (unless aborting) and close the file; later calls do nothing."""
-        if self._container is None:
+        container = self._container
+        if container is None:
             return
         try:
             if flush:
                 for packet in self._stream.encode():
-                    self._container.mux(packet)
+                    container.mux(packet)
         finally:
-            self._container.close()
+            container.close()
             self._container = None
 
     def __enter__(self) -> VideoWriter:
