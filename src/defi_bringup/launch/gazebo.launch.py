@@ -14,11 +14,12 @@ Needs ros_gz_bridge (not a dependency of this package: robots without Gazebo do 
 import tempfile
 
 import yaml
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 CAMERA_TOPIC = 'camera/image_raw'
 TWIST_TOPIC = 'servo_node/delta_twist_cmds'
@@ -58,7 +59,8 @@ def launch_setup(context, *args, **kwargs):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument('checkpoint', default_value='', description='checkpoint directory (default: params_file)'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description='checkpoint directory (default: params_file)'),
         DeclareLaunchArgument('gz_camera_topic', description='Gazebo camera image topic (gz.msgs.Image)'),
         DeclareLaunchArgument('gz_cmd_topic', description='Gazebo topic that moves the end effector (gz.msgs.Twist)'),
         DeclareLaunchArgument('gz_joint_state_topic', default_value='',

@@ -3,11 +3,12 @@
 Parameters from params_file (default: this package's config/defi_record.yaml); out_dir overrides
 the file's value only when given.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def launch_setup(context, *args, **kwargs):

@@ -7,12 +7,13 @@ model stages fused in one worker); composed:=false runs each node as its own pro
 the model; the stages talk through their topics).
 """
 import yaml
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 # launch argument = node parameter of the same name: (description, the separate executables that
 # take it; defi_bringup takes all). '' (the default) = keep the params file's value.

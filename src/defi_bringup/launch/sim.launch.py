@@ -8,12 +8,13 @@ images and cameras from the checkpoint) plus the arguments given here. RViz opti
 """
 import tempfile
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def launch_setup(context, *args, **kwargs):

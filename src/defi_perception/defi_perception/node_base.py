@@ -20,7 +20,6 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from visualization_msgs.msg import Marker
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
@@ -28,9 +27,10 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.publisher import Publisher
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
-from rclpy.signals import SignalHandlerOptions
+from visualization_msgs.msg import Marker
 
 from defi_core.runtime.status import StatusCounters
 from defi_core.runtime.timing import clock_mismatch, future_s, is_wall_clock
@@ -293,7 +293,7 @@ class DefiNode(LifecycleNode):
     def use_sim_time(self) -> bool:
         return bool(self.get_parameter('use_sim_time').value)
 
-    def check_stamp(self, topic: str, stamp_ns: int, now_ns: int = None) -> bool:
+    def check_stamp(self, topic: str, stamp_ns: int, now_ns: int | None = None) -> bool:
         """False (counted and logged with the topic) when `stamp_ns` is more than max_future_s
         ahead of the node's clock. A stamp from the other kind of clock (wall vs sim time) is
         explained once per topic."""
@@ -440,7 +440,7 @@ def run_node(node_cls, args=None, num_threads: int = 1) -> None:
     except ValueError as exc:   # a wrong-typed parameter value: one line naming it, exit 2
         rclpy.logging.get_logger(node_cls.__name__).fatal(str(exc))
         rclpy.try_shutdown()
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     warn_unknown_parameters(node)
     executor = (SingleThreadedExecutor() if num_threads == 1
                 else MultiThreadedExecutor(num_threads=num_threads))

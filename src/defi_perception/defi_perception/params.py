@@ -3,13 +3,19 @@ about given parameters that no node declares (rclpy ignores them without a word)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import typing
-from typing import Any, Iterable, List, Optional, Type, TypeVar
+from typing import Any, ClassVar, Iterable, List, Optional, Protocol, Type, TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-P = TypeVar('P')
+
+class _Dataclass(Protocol):     # what dataclasses.fields() accepts: any dataclass
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+P = TypeVar('P', bound=_Dataclass)
 
 __all__ = ['param', 'descriptor', 'declare_params', 'read_params', 'params_files',
            'warn_unknown_parameters']
@@ -18,13 +24,13 @@ __all__ = ['param', 'descriptor', 'declare_params', 'read_params', 'params_files
 def param(default: Any, help: str, *, min: Any = None, max: Any = None):  # noqa: A002
     """A dataclass field that is a ROS parameter: its default, its description (shown by
     `ros2 param describe`) and, where natural, its range [min, max] (both given)."""
-    meta = {'help': help}
+    meta: dict[str, Any] = {'help': help}
     if (min is None) != (max is None):
         raise ValueError('param(): give both min and max, or neither')
     if min is not None:
         meta['range'] = (min, max)
     if isinstance(default, (list, tuple)):
-        return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+        return dataclasses.field(default_factory=functools.partial(list, tuple(default)), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -115,7 +121,8 @@ def _flatten(prefix: str, value, out: set) -> None:
 def _sections(path: str, node_name: str):
     """(names in sections for `node_name` itself, names in wildcard sections) of one params file."""
     import yaml
-    own, wild = set(), set()
+    own: set[str] = set()
+    wild: set[str] = set()
     try:
         with open(path) as f:
             doc = yaml.safe_load(f) or {}

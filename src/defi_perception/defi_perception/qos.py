@@ -1,6 +1,5 @@
 """QoS profiles of the DeFI topics: one per kind of topic (sensor data, commands, latched state)."""
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 # camera/image_raw, joint_states: whatever the driver does, best effort keeps us compatible
 SENSOR = qos_profile_sensor_data

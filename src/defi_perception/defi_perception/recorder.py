@@ -9,7 +9,8 @@ Message types are discovered from the graph; subscriptions are raw (the CDR byte
 written as they are, by one rosbags Writer on the executor's thread). The latest `instruction`
 (std_msgs/String, transient local) is written at the start of each episode and stored in the bag's
 custom metadata. An episode is written to `<out>/.partial/<name>` and moved to `<out>/<name>` when
-closed: a crash leaves every earlier episode intact and no half-written bag among them. SIGINT or SIGTERM closes the open episode cleanly.
+closed: a crash leaves every earlier episode intact and no half-written bag among them. SIGINT or
+SIGTERM closes the open episode cleanly.
 """
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import rclpy
 import rclpy.executors
 import rclpy.utilities
+
+if TYPE_CHECKING:
+    from rosbags.interfaces import Connection
+    from rosbags.rosbag2 import Writer
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -88,9 +93,9 @@ class EpisodeBagWriter:
         self.storage_plugin = plugins[storage]
         self.out_dir = Path(out_dir)
         self.store = store if store is not None else _typestore()
-        self.writer = None
+        self.writer: Writer | None = None
         self.path: Path | None = None
-        self.connections: dict[str, object] = {}
+        self.connections: dict[str, Connection] = {}
         self.counts: dict[str, int] = {}
 
     @property
@@ -108,34 +113,35 @@ class EpisodeBagWriter:
         if partial.exists():
             raise FileExistsError(f'{partial} exists (an episode that was never closed); move it away')
         partial.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = Writer(partial, version=Writer.VERSION_LATEST, storage_plugin=self.storage_plugin)
-        self.writer.open()
+        writer = self.writer = Writer(partial, version=Writer.VERSION_LATEST, storage_plugin=self.storage_plugin)
+        writer.open()
         for key, value in (custom_data or {}).items():
-            self.writer.set_custom_data(str(key), str(value))
+            writer.set_custom_data(str(key), str(value))
         self.path, self.connections, self.counts = final, {}, {}
         return final
 
     def write(self, topic: str, msgtype: str, timestamp_ns: int, data: bytes) -> None:
-        if not self.active:
+        writer = self.writer
+        if writer is None:
             raise RuntimeError('no episode is open')
         conn = self.connections.get(topic)
         if conn is None:
             if msgtype not in self.store.fielddefs:
                 _register_from_share(self.store, msgtype)
-            conn = self.writer.add_connection(topic, msgtype, typestore=self.store)
+            conn = writer.add_connection(topic, msgtype, typestore=self.store)
             self.connections[topic] = conn
-        self.writer.write(conn, int(timestamp_ns), bytes(data))
+        writer.write(conn, int(timestamp_ns), bytes(data))
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def set_custom_data(self, key: str, value: str) -> None:
-        if self.active:
+        if self.writer is not None:
             self.writer.set_custom_data(key, value)
 
     def stop(self) -> Path | None:
         """Close the episode's bag (finalizing it) and give it its final name."""
-        if not self.active:
-            return None
         writer, final = self.writer, self.path
+        if writer is None or final is None:   # final is set whenever writer is
+            return None
         self.writer = None
         writer.close()
         staging = final.parent / STAGING_DIR

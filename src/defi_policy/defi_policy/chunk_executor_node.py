@@ -27,8 +27,7 @@ from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from defi_core.runtime.chunk_schedule import ChunkSchedule, parse_limits
-from defi_core.runtime.outputs import (joint_positions, resolve_twist_axes, twist_components,
-                                       zero_action)
+from defi_core.runtime.outputs import joint_positions, resolve_twist_axes, twist_components, zero_action
 from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
 from defi_core.runtime.timing import BackJumpDetector
 from defi_msgs.msg import ActionChunk, PolicyStatus
@@ -85,7 +84,7 @@ class ChunkExecutorNode(DefiNode):
         self.commands_published = 0
         self.chunks_received = 0
         self.last_latency_ms = 0.0
-        self._limits_dim = None
+        self._limits_dim: int | None = None
         self._last_dim = 0
         self._last_names: tuple = ()
         self._twist_axes = None

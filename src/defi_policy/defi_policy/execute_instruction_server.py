@@ -23,7 +23,6 @@ from defi_perception.conversions import stamp_to_ns
 from defi_perception.node_base import CommonParams, DefiNode, run_node
 from defi_perception.params import param
 
-
 CANCEL_POLL_S = 0.05   # how often a running goal looks for a cancel request
 
 
@@ -66,9 +65,9 @@ class ExecuteInstructionServer(DefiNode):
                                  callback_group=self.callbacks)
         self.create_subscription(ActionChunk, p.chunk_topic, self.on_chunk, qos.RELIABLE,
                                  callback_group=self.callbacks)
-        self.server = ActionServer(self, ExecuteInstruction, p.action_name, self.execute,
-                                   goal_callback=self.on_goal, cancel_callback=self.on_cancel,
-                                   callback_group=self.callbacks)
+        self.server: ActionServer | None = ActionServer(
+            self, ExecuteInstruction, p.action_name, self.execute, goal_callback=self.on_goal,
+            cancel_callback=self.on_cancel, callback_group=self.callbacks)
 
     def teardown(self) -> None:
         # end a running goal first (it aborts when inactive): destroying the server under it, or

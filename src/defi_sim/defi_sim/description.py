@@ -148,10 +148,10 @@ class SceneFrames:
             cam = model.camera(spec.mujoco_camera).id
             body = int(model.cam_bodyid[cam])
             fixed = model.cam_mode[cam] == mujoco.mjtCamLight.mjCAMLIGHT_FIXED
-            parent = world_frame if body == 0 else names.get(body, '')
+            parent_frame = world_frame if body == 0 else names.get(body, '')
             # a fixed camera on the world or the arm hangs statically from its body; a tracking
             # camera (e.g. gripperPOV follows the hand in position only) is sent from world each step
-            self.cameras.append(_Camera(spec.name, camera_frame(spec.name), cam, parent if fixed else ''))
+            self.cameras.append(_Camera(spec.name, camera_frame(spec.name), cam, parent_frame if fixed else ''))
 
     def _joint(self, body: int) -> int:
         m = self.model

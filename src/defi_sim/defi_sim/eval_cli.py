@@ -63,7 +63,7 @@ def make_config(args):
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except OSError as err:
-            raise SystemExit(f'defi-eval: cannot read --config {path}: {err}')
+            raise SystemExit(f'defi-eval: cannot read --config {path}: {err}') from None
         if not isinstance(loaded, dict):
             raise SystemExit(f'defi-eval: {path}: expected a mapping of EvalConfig fields')
         known = {f.name for f in dataclasses.fields(EvalConfig)}

@@ -10,18 +10,30 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 import numpy as np  # noqa: E402
-from defi_core.image_codec import decode_image  # noqa: E402
 
-from defi_sim.evaluate import (CONTROL_DT_S, EpisodePictures, EvalConfig,  # noqa: E402
-                               _observation, _predict_frames, checkpoint_chunk_dt, checkpoint_dir,
-                               load_eval_policy, picture_indices)
+from defi_core.image_codec import decode_image  # noqa: E402
+from defi_sim.evaluate import (  # noqa: E402
+    CONTROL_DT_S,
+    EpisodePictures,
+    EvalConfig,
+    _observation,
+    _predict_frames,
+    checkpoint_chunk_dt,
+    checkpoint_dir,
+    load_eval_policy,
+    picture_indices,
+)
 from defi_sim.stack import write_sim_stack  # noqa: E402
 from defi_sim.tasks import instruction_for  # noqa: E402
+
+if TYPE_CHECKING:
+    from rclpy.action import ActionClient
+    from rclpy.client import Client
 
 __all__ = ['run_ros', 'BRINGUP_FAILED_MARK', 'ChildProcess']
 
@@ -99,8 +111,6 @@ class _Orchestrator:
 
     def __init__(self, context, view: str, keep_frames: Callable[[], bool]):
         from action_msgs.msg import GoalStatus  # noqa: F401 - fail early if action msgs are missing
-        from defi_msgs.action import ExecuteInstruction
-        from defi_msgs.msg import ActionChunk, PolicyStatus
         from rcl_interfaces.srv import SetParameters
         from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
@@ -111,6 +121,9 @@ class _Orchestrator:
         from std_msgs.msg import Bool
         from std_srvs.srv import Trigger
 
+        from defi_msgs.action import ExecuteInstruction
+        from defi_msgs.msg import ActionChunk, PolicyStatus
+
         self.node = Node('defi_eval', context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
@@ -119,9 +132,9 @@ class _Orchestrator:
         self.clock_ns = -1
         self.success = False
         self.success_clock_ns = -1
-        self.frames = []                 # (stamp_ns, uint8 [H, W, 3]) of the current episode
-        self.image_wall = {}             # stamp_ns -> wall time the image arrived
-        self.latencies_ms = []
+        self.frames: list[tuple[int, np.ndarray]] = []  # (stamp_ns, uint8 [H, W, 3]) of the current episode
+        self.image_wall: dict[int, float] = {}         # stamp_ns -> wall time the image arrived
+        self.latencies_ms: list[float] = []
         self._keep_frames = keep_frames
         self.node.create_subscription(Clock, '/clock', self._on_clock, reliable)
         self.node.create_subscription(Bool, 'sim/success', self._on_success, reliable)
@@ -129,10 +142,12 @@ class _Orchestrator:
         self.node.create_subscription(ActionChunk, 'defi/action_chunk', self._on_chunk, reliable)
         self.node.create_subscription(PolicyStatus, 'defi/status', self._on_status,
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.node_errors = {}            # node name -> last_error of a node in the ERROR state
-        self.reset_client = self.node.create_client(Trigger, 'sim/reset')
-        self.params_client = self.node.create_client(SetParameters, 'defi_sim_node/set_parameters')
-        self.action_client = ActionClient(self.node, ExecuteInstruction, 'execute_instruction')
+        self.node_errors: dict[str, str] = {}  # node name -> last_error of a node in the ERROR state
+        self.reset_client: Client[Any, Any] = self.node.create_client(Trigger, 'sim/reset')
+        self.params_client: Client[Any, Any] = self.node.create_client(SetParameters,
+                                                                        'defi_sim_node/set_parameters')
+        self.action_client: ActionClient[Any, Any, Any] = ActionClient(self.node, ExecuteInstruction,
+                                                                       'execute_instruction')
         self._goal_cls = ExecuteInstruction.Goal
         self._trigger = Trigger.Request
         self._set_params = SetParameters.Request
@@ -213,6 +228,7 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     import tempfile
 
     import rclpy
+
     from defi_core.checkpoint import load_config_from
     from defi_training.evaluation import EpisodeResult
 
@@ -276,21 +292,23 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
                 res = orch.call(orch.reset_client, orch._trigger(), 30.0, 'sim/reset', procs)
                 if not res.success:
                     raise RuntimeError(f'sim/reset failed: {res.message}')
-                orch.spin_until(lambda: orch.clock_ns > before, 10.0, 'the first observation after reset', procs)
+                orch.spin_until(lambda before=before: orch.clock_ns > before, 10.0,
+                                'the first observation after reset', procs)
                 orch.episode_start_ns = orch.clock_ns
                 recording['on'] = keep
                 goal = orch._goal_cls(instruction=instruction, timeout=float(wall_budget))
                 goal_future = orch.action_client.send_goal_async(goal)
                 end_ns = orch.episode_start_ns + config.max_steps * control_dt_ns
                 start_wall = time.monotonic()
-                orch.spin_until(lambda: (orch.success or orch.clock_ns >= end_ns
-                                         or time.monotonic() - start_wall > wall_budget),
+                orch.spin_until(lambda end_ns=end_ns, start_wall=start_wall: (
+                                    orch.success or orch.clock_ns >= end_ns
+                                    or time.monotonic() - start_wall > wall_budget),
                                 wall_budget + 5.0, f'episode {task} seed {seed}', procs)
                 recording['on'] = False
                 # end the goal (if the server has not already): the executor then commands a stop
                 orch.spin_until(goal_future.done, 10.0, 'the goal to be accepted', procs)
                 handle = goal_future.result()
-                if handle.accepted:
+                if handle is not None and handle.accepted:
                     result_future = handle.get_result_async()
                     if not result_future.done():
                         handle.cancel_goal_async()

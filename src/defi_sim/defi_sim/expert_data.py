@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
 
     sim.reset(seed)
     rng = np.random.default_rng([seed, int(config.noise_std * 1e6)])
-    frames = {c.name: [] for c in sim.cameras}
+    frames: dict[str, list[np.ndarray]] = {c.name: [] for c in sim.cameras}
     states, actions = [], []
     success_row = None
     while True:

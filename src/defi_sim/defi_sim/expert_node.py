@@ -15,8 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from defi_msgs.msg import ActionChunk, TaskState
-
-from defi_sim.metaworld_env import ACTION_NAMES
+from defi_sim.metaworld_env import ACTION_NAMES, scripted_expert
 from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name, instruction_for
 
@@ -52,10 +51,9 @@ class ExpertNode(Node):
         self.commands_sent = 0
 
     def set_task(self, task: str) -> None:
-        from metaworld.policies import ENV_POLICY_MAP
         self.task = canonical_task_name(task)
         self.instruction = instruction_for(self.task)
-        self.policy = ENV_POLICY_MAP[self.task]()
+        self.policy = scripted_expert(self.task)
 
     def _on_state(self, msg: TaskState) -> None:
         if len(msg.values) != OBSERVATION_SIZE:

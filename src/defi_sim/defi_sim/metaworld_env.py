@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
@@ -20,6 +20,9 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defi_sim.tasks import canonical_task_name, instruction_for  # noqa: E402
+
+if TYPE_CHECKING:
+    from metaworld.policies.policy import Policy
 
 # Meta-World's corner cameras look at the table upside down; a vertical flip makes them upright.
 UPSIDE_DOWN_CAMERAS = frozenset({'corner', 'corner2', 'corner3', 'corner4'})
@@ -69,13 +72,19 @@ class StepResult:
     truncated: bool          # max_episode_steps reached
 
 
+def scripted_expert(task: str) -> Policy:
+    """Meta-World's scripted expert policy for `task` (a canonical task name)."""
+    from metaworld.policies import ENV_POLICY_MAP
+    # every value is a concrete Policy subclass; mypy types the dict's values as the abstract base
+    return ENV_POLICY_MAP[task]()  # type: ignore[abstract]
+
+
 class MetaWorldSim:
     """One Meta-World v3 task; seeded resets; offscreen rendering at a small size."""
 
     def __init__(self, task: str, seed: int = 0, cameras: Sequence[str] = ('front=corner',),
                  image_size: int | tuple[int, int] = 96, max_episode_steps: int = 500):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-        from metaworld.policies import ENV_POLICY_MAP
 
         self.task = canonical_task_name(task)
         self.instruction = instruction_for(self.task)
@@ -98,7 +107,7 @@ class MetaWorldSim:
         self.env = env
         self.model, self.data = env.model, env.data
         self.dt = float(env.frame_skip * self.model.opt.timestep)  # one control step (0.0125 s)
-        self._expert = ENV_POLICY_MAP[self.task]()
+        self._expert = scripted_expert(self.task)
 
         scene_cameras = [self.model.camera(i).name for i in range(self.model.ncam)]
         self.cameras = parse_cameras(cameras, scene_cameras)
@@ -106,7 +115,7 @@ class MetaWorldSim:
         self._qpos_idx = np.array([self.model.joint(n).qposadr[0] for n in ARM_JOINTS])
         self._qvel_idx = np.array([self.model.joint(n).dofadr[0] for n in ARM_JOINTS])
         self._hand_id = self.model.body('hand').id
-        self._renderer = None
+        self._renderer: mujoco.Renderer | None = None
 
         self.seed = int(seed)
         self.steps = 0
@@ -127,14 +136,14 @@ class MetaWorldSim:
         self.observation = np.asarray(obs, dtype=np.float64)
         return self.observation
 
-    def step(self, action: Sequence[float]) -> StepResult:
+    def step(self, action: Sequence[float] | np.ndarray) -> StepResult:
         """Apply [dx, dy, dz, gripper] (clipped to [-1, 1]) for one control step."""
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (4,):
-            raise ValueError(f'action must have 4 components [dx, dy, dz, gripper], got shape {action.shape}')
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f'action is not finite: {action.tolist()}')
-        obs, reward, _, _, info = self.env.step(np.clip(action, -1.0, 1.0).astype(np.float32))
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (4,):
+            raise ValueError(f'action must have 4 components [dx, dy, dz, gripper], got shape {a.shape}')
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f'action is not finite: {a.tolist()}')
+        obs, reward, _, _, info = self.env.step(np.clip(a, -1.0, 1.0).astype(np.float32))
         self.steps += 1
         self.success = bool(info.get('success', 0.0) > 0.5)
         self.observation = np.asarray(obs, dtype=np.float64)
@@ -187,12 +196,13 @@ class MetaWorldSim:
 
     def render(self) -> dict[str, np.ndarray]:
         """One uint8 [H, W, 3] RGB image per configured camera, keyed by camera name."""
-        if self._renderer is None:
-            self._renderer = self._make_renderer()
+        renderer = self._renderer
+        if renderer is None:
+            renderer = self._renderer = self._make_renderer()
         frames = {}
         for camera in self.cameras:
-            self._renderer.update_scene(self.data, camera=camera.mujoco_camera)
-            image = self._renderer.render()
+            renderer.update_scene(self.data, camera=camera.mujoco_camera)
+            image = renderer.render()
             frames[camera.name] = np.ascontiguousarray(image[::-1] if camera.flip_vertical else image)
         return frames
 

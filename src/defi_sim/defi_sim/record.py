@@ -78,6 +78,7 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
     """Record `episodes` expert episodes of `task` through ROS 2; one bag per episode in out_dir."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
     from rclpy.parameter import Parameter
 
     from defi_perception.recorder import RecorderNode
@@ -94,7 +95,7 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    nodes = []
+    nodes: list[Node] = []
     try:
         sim = SimNode(context=context,
                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
@@ -151,7 +152,7 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
             obs0 = sim.observations_published
             success_at = [None]
 
-            def episode_done():
+            def episode_done(success_at=success_at):
                 if sim.sim.success and success_at[0] is None:
                     success_at[0] = sim.observations_published
                 if success_at[0] is not None and sim.observations_published - success_at[0] >= extra_observations:
@@ -161,14 +162,14 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
             sim.paused = True
 
             # Wait until the recorder holds everything published during the episode.
-            def expected():
+            def expected(published0=published0):
                 counts = {t: n - published0.get(t, 0) for t, n in sim.published_counts.items()
                           if t in topics}
                 # the expert answers every observation, the last one too
                 counts['defi/action_command'] = counts['sim/task_state']
                 return counts
 
-            def all_received():
+            def all_received(received0=received0):
                 got = {t: recorder.received.get(recorder._absolute(t), 0)
                        - received0.get(recorder._absolute(t), 0) for t in topics}
                 return all(got[t] >= n for t, n in expected().items())

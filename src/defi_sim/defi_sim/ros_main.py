@@ -18,7 +18,7 @@ def spin_node(node_cls, args=None) -> None:
         except (ValueError, InvalidParameterTypeException) as exc:
             # a bad parameter value: one line naming it, exit 2
             rclpy.logging.get_logger(node_cls.__name__).fatal(str(exc))
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         warn_unknown_parameters(node)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

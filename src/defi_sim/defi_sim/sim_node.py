@@ -43,20 +43,19 @@ import time
 from dataclasses import dataclass, fields
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped, TransformStamped, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-from builtin_interfaces.msg import Time
-from defi_msgs.msg import ActionChunk, TaskState
-from geometry_msgs.msg import PoseStamped, TransformStamped, TwistStamped
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from defi_msgs.msg import ActionChunk, TaskState
 from defi_perception.params import param
 from defi_sim.description import SceneFrames, camera_frame
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
@@ -205,19 +204,19 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ parameters / reset
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == 'task':
+        for p in params:
+            if p.name == 'task':
                 try:
-                    self._pending_task = canonical_task_name(str(param.value))
+                    self._pending_task = canonical_task_name(str(p.value))
                 except ValueError as err:
                     return SetParametersResult(successful=False, reason=str(err))
-            elif param.name == 'seed':
-                self._pending_seed = int(param.value)
-            elif param.name == 'instruction':
-                self.config.instruction = str(param.value)
-            elif param.name in vars(self.config):
+            elif p.name == 'seed':
+                self._pending_seed = int(p.value)
+            elif p.name == 'instruction':
+                self.config.instruction = str(p.value)
+            elif p.name in vars(self.config):
                 return SetParametersResult(
-                    successful=False, reason=f'parameter {param.name} is read once at start')
+                    successful=False, reason=f'parameter {p.name} is read once at start')
         return SetParametersResult(successful=True)
 
     def instruction(self) -> str:
