@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,14 +109,15 @@ class Recorder:
     """The operator's rclpy node: the goal, and receive times of commands, chunks and observations."""
 
     def __init__(self, context, camera_topic: str):
-        from defi_msgs.action import ExecuteInstruction
-        from defi_msgs.msg import ActionChunk, PolicyStatus
-        from defi_perception import qos
         from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
+
+        from defi_msgs.action import ExecuteInstruction
+        from defi_msgs.msg import ActionChunk, PolicyStatus
+        from defi_perception import qos
 
         self.node = Node('closed_loop_bench', context=context)
         self.executor = SingleThreadedExecutor(context=context)
@@ -191,14 +193,14 @@ def idle_figures(commands, t0: float, t1: float, period: float) -> dict:
     inside = [(t, stop) for t, stop in commands if t0 <= t <= t1]
     moving = [t for t, stop in inside if not stop]
     window = t1 - t0
-    gaps = [b - a for a, b in zip(moving, moving[1:])]
+    gaps = [b - a for a, b in pairwise(moving)]
     rates = [1.0 / g for g in gaps if g > 0]
     long_gaps = [g for g in gaps if g > GAP_FACTOR * period]
     # fresh coverage: each moving command covers [t, t + 1.5 periods), cut short by the next event
     # (a stop ends it); measured from the last event before the window too
     events = [(t, stop) for t, stop in commands if t <= t1]
     covered = 0.0
-    for (t, stop), nxt in zip(events, events[1:] + [(float('inf'), True)]):
+    for (t, stop), nxt in zip(events, events[1:] + [(float('inf'), True)], strict=True):
         if stop:
             continue
         start, end = max(t, t0), min(t + GAP_FACTOR * period, nxt[0], t1)
@@ -240,9 +242,9 @@ def end_goal(recorder, handle, timeout_s: float = 5.0) -> dict:
 
 def run(args) -> dict:
     import rclpy
-    from defi_sim.tasks import instruction_for
 
     from defi_sim.stack import DEFI_PARAMS, SIM_PARAMS, config_path
+    from defi_sim.tasks import instruction_for
 
     ckpt_cfg = read_yaml(Path(args.checkpoint) / 'config.json').get('config', {})
     image_size = int(ckpt_cfg.get('image_size', 64))

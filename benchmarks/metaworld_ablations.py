@@ -1,7 +1,7 @@
 """The paper's claims in miniature: DeFI and its ablations on the Meta-World development tasks.
 
-    python benchmarks/metaworld_ablations.py --quick      # tiny preset, 1 seed, K=10, 10 episodes/task (<= 45 min, 2 cores)
-    python benchmarks/metaworld_ablations.py              # base preset, 3 seeds, K in {5, 10, 25}, 25 episodes/task (GPU)
+    python benchmarks/metaworld_ablations.py --quick  # tiny preset, 1 seed, K=10, 10 episodes/task (<= 45 min, 2 cores)
+    python benchmarks/metaworld_ablations.py          # base preset, 3 seeds, K in {5, 10, 25}, 25 episodes/task (GPU)
 
 Pipeline, every stage with the project's own commands (each logged with its exact command line):
   1. data      `defi-sim dataset`: action-free pretraining video (>= 50 noisy expert episodes per task,
@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -239,14 +240,15 @@ def goals(plan: Plan, rows: list) -> list:
     full10 = at.get(('full', 10))
     if full10 is not None:
         ok = full10 >= 0.80
-        lines.append(f"full DeFI >= 80% at K=10 with the base preset: {'MET' if ok and plan.preset == 'base' else 'MISSED'} "
+        met = 'MET' if ok and plan.preset == 'base' else 'MISSED'
+        lines.append(f"full DeFI >= 80% at K=10 with the base preset: {met} "
                      f"({full10:.0%} with the {plan.preset} preset)")
     for chain in (('full', 'gidm_no_pretrain', 'gfdm_no_pretrain'), ('full', 'adapter_only', 'mlp_idm')):
         for k in plan.ks:
             vals = [at.get((v, k)) for v in chain]
             if None in vals:
                 continue
-            ok = all(a > b for a, b in zip(vals, vals[1:]))
+            ok = all(a > b for a, b in pairwise(vals))
             lines.append(f"ordering {' > '.join(chain)} at K={k}: {'HOLDS' if ok else 'DOES NOT HOLD'} "
                          f"({' vs '.join(f'{v:.0%}' for v in vals)})")
     if ('full', 5) in at and ('bc_scratch', 5) in at:
@@ -265,7 +267,7 @@ def plot_success_vs_k(plan: Plan, rows: list, path: Path) -> Path:
     as text (not glyph outlines).
     """
     import matplotlib
-    from matplotlib.figure import Figure      # no pyplot: no GUI backend, no global figure state
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
     from matplotlib.ticker import PercentFormatter
 
     ks = sorted(plan.ks)

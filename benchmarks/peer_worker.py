@@ -34,7 +34,6 @@ START = time.time()
 
 import numpy as np  # noqa: E402
 
-
 # --------------------------------------------------------------------------- the wire format
 # JSON lines with arrays as base64 raw bytes: both venvs have numpy, but of different versions,
 # so no pickles between them.

@@ -28,7 +28,8 @@ def fmt(value, digits=1):
 
 def inference_section(r):
     lines = ['## Chunk inference latency (model only, per component)', provenance(r), '',
-             '| preset | params | GFDM features ms | GIDM ms | Video Former ms | action head ms | whole chunk ms (median) |',
+             '| preset | params | GFDM features ms | GIDM ms | Video Former ms | action head ms '
+             '| whole chunk ms (median) |',
              '|---|---|---|---|---|---|---|']
     for preset in ('tiny', 'base'):
         p = r.get(preset)
@@ -41,13 +42,16 @@ def inference_section(r):
     return lines
 
 
+ROS_PATHS = (('model only (`predict_action_chunk`)', 'model'), ('composed bringup (one process)', 'composed'),
+             ('composed, `executor:=multi` (one MultiThreadedExecutor)', 'composed_multi'),
+             ('separate processes', 'separate'))
+
+
 def ros_section(r):
     return ['## ROS 2 pipeline overhead (camera publish -> ActionChunk received)', provenance(r), '',
             '| path | median ms | p95 ms | dropped |', '|---|---|---|---|',
-            f"| model only (`predict_action_chunk`) | {fmt(r.get('model_ms_median'))} | {fmt(r.get('model_ms_p95'))} | {r.get('model_dropped', 'n/a')} |",
-            f"| composed bringup (one process) | {fmt(r.get('composed_ms_median'))} | {fmt(r.get('composed_ms_p95'))} | {r.get('composed_dropped', 'n/a')} |",
-            f"| composed, `executor:=multi` (one MultiThreadedExecutor) | {fmt(r.get('composed_multi_ms_median'))} | {fmt(r.get('composed_multi_ms_p95'))} | {r.get('composed_multi_dropped', 'n/a')} |",
-            f"| separate processes | {fmt(r.get('separate_ms_median'))} | {fmt(r.get('separate_ms_p95'))} | {r.get('separate_dropped', 'n/a')} |",
+            *(f"| {path} | {fmt(r.get(f'{key}_ms_median'))} | {fmt(r.get(f'{key}_ms_p95'))} "
+              f"| {r.get(f'{key}_dropped', 'n/a')} |" for path, key in ROS_PATHS),
             '', f"Overhead of the composed pipeline over model-only: **{fmt(r.get('overhead_ms_median'))} ms** "
             f"median (target <= 5 ms); preset {r.get('preset')}, {fmt(r.get('rate_hz'))} Hz."]
 

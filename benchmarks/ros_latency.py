@@ -40,6 +40,7 @@ INSTRUCTION = 'open the drawer'
 
 def make_checkpoint(preset_name: str, out_dir: Path, torch_threads: int):
     import torch
+
     from defi_core.checkpoint import save_checkpoint
     from defi_core.config import preset
     from defi_core.policy import DefiPolicy
@@ -134,6 +135,7 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
     from rclpy.node import Node
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
+
     from defi_msgs.msg import ActionChunk, PolicyStatus
     from defi_perception import qos
     from defi_perception.conversions import rgb_to_image_msg, stamp_to_ns

@@ -27,6 +27,7 @@ def train_throughput(cache_dir, presets=('tiny', 'base'), stages=('gfdm', 'gidm'
     """{stage: {preset: samples/s}} for one episode cache (labelled, so finetune can run too; the
     pretraining stages ignore its actions, or use `action_free_cache` when given)."""
     import torch
+
     from defi_training.train import train
     from defi_training.train_config import load_train_config
     torch.set_num_threads(threads)

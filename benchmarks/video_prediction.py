@@ -150,7 +150,8 @@ def sigma_curve(gfdm, now_u8, fut_u8, tasks, threshold: float, seed: int, batch:
         est = torch.cat([gfdm.denoise(diffused[i:i + batch] + noise[i:i + batch] * sigma, sigma,
                                       cond[i:i + batch], lang[i:i + batch]) for i in range(0, len(tasks), batch)])
         err = ((est + cond[:, None] if cfg.gfdm_residual else est) - target) ** 2
-        rows.append({'sigma': sigma, 'mse': round(float(err.mean()), 6), 'mse_changed': round(float(err[changed].mean()), 5)})
+        rows.append({'sigma': sigma, 'mse': round(float(err.mean()), 6),
+                     'mse_changed': round(float(err[changed].mean()), 5)})
     return rows
 
 
@@ -251,14 +252,14 @@ def table(rec: dict) -> str:
         for who, name in (('model', 'GFDM'), ('copy', 'copy')):
             fmt = '{:.2f}' if unit else '{:.3f}'
             lines.append(f'| {key} {name} | ' + ' | '.join(fmt.format(v) for v in rec[who][key]) + ' |')
-        d = [a - b for a, b in zip(rec['model'][key], rec['copy'][key])]
+        d = [a - b for a, b in zip(rec['model'][key], rec['copy'][key], strict=True)]
         fmt = '{:+.2f}' if unit else '{:+.3f}'
         lines.append(f'| **{key} GFDM - copy** | ' + ' | '.join(f'**{fmt.format(v)}**' for v in d) + ' |')
     return '\n'.join(lines)
 
 
 def write_md(path: Path, rec: dict, png: Path) -> None:
-    body = [MD_BEGIN, '', f'## Latest run', '',
+    body = [MD_BEGIN, '', '## Latest run', '',
             f'_{rec["date"]} · {rec["machine"]} · `{rec["command"]}`_', '',
             f'Checkpoint `{rec["checkpoint"]}`; {rec["clips"]} clips from {len(rec["episodes"])} held-out episodes '
             f'({rec["split"]}); {rec["sampling_steps"]} sampler step(s) (Heun, the last one Euler) from sigma '
@@ -353,8 +354,9 @@ def main() -> int:
                                                          'gfdm_p_mean', 'gfdm_p_std', 'p_mean', 'p_std')},
            'sigma_curve': curve,
            'wall_s': round(time.perf_counter() - t_start, 1)}
-    from common import command, machine
     from datetime import datetime, timezone
+
+    from common import command, machine
     rec_md = dict(rec, machine=machine(), command=command(),
                   date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))
     print(table(rec_md))
