@@ -245,7 +245,8 @@ def test_gazebo_launch_bridges_camera_joints_clock_and_command_to_defi(tmp_path,
     assert values['chunk_executor']['output_mode'] == 'twist'
     nodes = launch_stubs.run(module, {k: v for k, v in given.items() if k != 'gz_joint_state_topic'})
     (bridge_params,) = params_of(nodes, 'parameter_bridge')
-    assert 'joint_states' not in {e['ros_topic_name'] for e in yaml.safe_load(Path(bridge_params['config_file']).read_text())}
+    bridged = yaml.safe_load(Path(bridge_params['config_file']).read_text())
+    assert 'joint_states' not in {e['ros_topic_name'] for e in bridged}
 
 
 def _as_params_file(values: dict, folder: Path) -> Path:
@@ -258,8 +259,9 @@ def _as_params_file(values: dict, folder: Path) -> Path:
 def sim_node_config(files):
     """SimNodeConfig as defi_sim_node reads it from these params files (without building the sim)."""
     import rclpy
-    from defi_sim.sim_node import SimNodeConfig
     from rclpy.node import Node
+
+    from defi_sim.sim_node import SimNodeConfig
     args = ['--ros-args']
     for f in files:
         args += ['--params-file', str(f)]
@@ -280,14 +282,15 @@ def sim_node_config(files):
 def bringup_values(files) -> dict:
     """node name -> parameter values of the DeFI nodes started with these params files."""
     import rclpy
+    from rclpy.node import Node
+
     from defi_perception.forward_predictor_node import ForwardPredictorNode
+    from defi_perception.params import declare_params
     from defi_policy.action_decoder_node import ActionDecoderNode
     from defi_policy.bringup import BringupParams
     from defi_policy.chunk_executor_node import ChunkExecutorNode
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
     from defi_policy.latent_action_encoder_node import LatentActionEncoderNode
-    from defi_perception.params import declare_params
-    from rclpy.node import Node
     args = ['--ros-args']
     for f in files:
         args += ['--params-file', str(f)]

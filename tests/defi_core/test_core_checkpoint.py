@@ -6,8 +6,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core_helpers import make_batch, make_policy, make_stats, obs_from_batch, tiny_cfg
-from defi_core.checkpoint import (CheckpointError, load_component, load_policy, load_state_into, read_meta,
-                                  save_checkpoint)
+from defi_core.checkpoint import (
+    CheckpointError,
+    load_component,
+    load_policy,
+    load_state_into,
+    read_meta,
+    save_checkpoint,
+)
 from defi_core.config import SCHEMA_VERSION
 from defi_core.models.gfdm import GFDM
 from defi_core.models.gidm import GIDM
@@ -36,7 +42,7 @@ def test_save_load_bit_identical(tmp_path):
     assert meta['schema_version'] == SCHEMA_VERSION and meta['kind'] == 'policy' and meta['extra'] == {'step': 1}
     loaded = load_policy(path)
     assert not loaded.training
-    for (n, a), (m, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+    for (n, a), (m, b) in zip(policy.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert n == m and torch.equal(a, b), n
     assert torch.equal(_chunk(policy, cfg, batch), _chunk(loaded, cfg, batch))
     assert loaded.normalizer.to_json() == policy.normalizer.to_json()

@@ -56,6 +56,6 @@ def test_sample_sigma_max_sets_the_first_sampler_level():
     gfdm = GFDM(cfg).eval()
     seen = []
     real = gfdm.denoise
-    gfdm.denoise = lambda x, s, c, l: (seen.append(float(s[0])), real(x, s, c, l))[1]
+    gfdm.denoise = lambda x, s, c, lang: (seen.append(float(s[0])), real(x, s, c, lang))[1]
     gfdm.sample(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8), TASKS[:1], steps=3)
     assert abs(seen[0] - 2.0) < 1e-5

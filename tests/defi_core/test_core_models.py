@@ -182,8 +182,8 @@ def test_gfdm_loss_decreases_on_one_batch():
     for sigma in (2.0, 0.2):
         torch.manual_seed(0)
         gfdm = GFDM(cfg)
-        before, after, logs = _overfit(lambda: gfdm.loss(batch), gfdm.parameters(),
-                                       eval_loss=lambda: gfdm.loss(batch, sigma=sigma))
+        before, after, logs = _overfit(lambda gfdm=gfdm: gfdm.loss(batch), gfdm.parameters(),
+                                       eval_loss=lambda gfdm=gfdm, sigma=sigma: gfdm.loss(batch, sigma=sigma))
         assert after < 0.7 * before, (sigma, before, after)
     assert 'gfdm_mse' in logs
 

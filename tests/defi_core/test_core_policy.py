@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from core_helpers import make_batch, make_policy, make_stats, obs_from_batch, tiny_cfg
 
 # Parameter-name prefixes that must train (and only these) under each switch setting.

@@ -20,6 +20,7 @@ def test_replace_directory_creates_and_replaces(tmp_path):
 
 def test_temp_directory_for_refuses_an_existing_destination_unless_overwrite(tmp_path):
     import pytest
+
     from defi_core.files import temp_directory_for
     dest = tmp_path / 'sub' / 'cache'
     tmp = temp_directory_for(dest)

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defi_core.image_codec import (ImageDecodeError, decode_compressed, decode_image, encode_image,
-                                   resize_image)
+from defi_core.image_codec import ImageDecodeError, decode_compressed, decode_image, encode_image, resize_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)

@@ -36,7 +36,7 @@ def test_asof_never_returns_future_sample_with_skewed_rates():
     has_next = nxt < t.size
     assert np.all(t[nxt[has_next]] > q[ok][has_next])
     # misses are exactly the queries with no sample in (q - max_age, q]
-    for qi, i in zip(q[~ok], idx[~ok]):
+    for qi in q[~ok]:
         assert not np.any((t <= qi) & (t >= qi - max_age))
 
 

@@ -6,8 +6,9 @@ import numpy as np
 
 def make_samples():
     from builtin_interfaces.msg import Time
-    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus, TaskState
     from std_msgs.msg import Header
+
+    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus, TaskState
 
     def header(frame):
         return Header(stamp=Time(sec=1700000000, nanosec=123456789), frame_id=frame)

@@ -79,8 +79,9 @@ def test_rclpy_written_rosbags_read(tmp_path, storage):
 
 def test_type_hashes_match_rclpy(ros_context):
     """The RIHS01 hash rosbags computes from our .msg files is the one rclpy advertises on the graph."""
-    import defi_msgs.msg as msgs
     from rclpy.node import Node
+
+    import defi_msgs.msg as msgs
     store = typestore('kilted')
     node = Node('hash_probe', context=ros_context)
     for name in MSG_NAMES:

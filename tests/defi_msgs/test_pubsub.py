@@ -71,8 +71,9 @@ def test_message_between_two_processes(ros_context, spin):
 
 def test_execute_instruction_action(ros_context, spin):
     """Goal in, feedback out, result with error code back; a second goal is cancelled."""
-    from defi_msgs.action import ExecuteInstruction
     from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+
+    from defi_msgs.action import ExecuteInstruction
 
     server_node = Node('action_server', context=ros_context)
     client_node = Node('action_client', context=ros_context)

@@ -29,6 +29,7 @@ def test_two_cameras_as_of_sync_features_and_predicted_strip(ros_context, spin, 
     from builtin_interfaces.msg import Time
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
+
     from defi_msgs.msg import ForwardFeatures, PolicyStatus
     from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode

@@ -17,6 +17,7 @@ class ExampleParams:
 def declared(ros_context, **overrides):
     from rclpy.node import Node
     from rclpy.parameter import Parameter
+
     from defi_perception.params import declare_params
     node = Node('params_probe', context=ros_context,
                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])

@@ -14,12 +14,12 @@ from rclpy.duration import Duration  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
-
-from defi_core.msg_types import typestore  # noqa: E402
-from defi_msgs.msg import ActionChunk  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+
+from defi_core.msg_types import typestore  # noqa: E402
+from defi_msgs.msg import ActionChunk  # noqa: E402
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -76,7 +76,7 @@ def bag_contents(path):
     store = typestore()
     out = {}
     with Reader(path) as reader:
-        for conn, t, raw in reader.messages():
+        for conn, _t, raw in reader.messages():
             out.setdefault(conn.topic, []).append(store.deserialize_cdr(raw, conn.msgtype))
     return out
 

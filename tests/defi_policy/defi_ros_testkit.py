@@ -21,6 +21,7 @@ def tiny_stats(action_dim=ACTION_DIM, state_dim=0):
 
 def make_tiny_policy(cameras=('front',), state_dim=0):
     import torch
+
     from defi_core.config import preset
     from defi_core.policy import DefiPolicy
     torch.set_num_threads(1)
@@ -40,6 +41,7 @@ def save_tiny_checkpoint(path, policy):
 
 def image_msg(stamp, size=64, encoding='rgb8', seed=0, frame_id='camera'):
     from sensor_msgs.msg import Image
+
     from defi_core.image_codec import encode_image
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)

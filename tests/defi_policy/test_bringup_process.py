@@ -15,8 +15,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.mark.parametrize('executor', ['single', 'multi'])
 def test_bringup_process_runs_the_pipeline(ros_context, spin, tiny_checkpoint, tmp_path, executor):
-    from std_msgs.msg import String
     from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
     from defi_msgs.msg import ActionChunk, PolicyStatus
     from defi_perception import qos
     params = tmp_path / 'params.yaml'

@@ -37,6 +37,7 @@ def schema1_fps40_checkpoint(tmp_path_factory, tiny_policy):
 def _one_chunk(ros_context, spin, policy, node_params):
     """Publish one features + latent pair to an action decoder; the chunk it publishes."""
     import torch
+
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
     from defi_perception import qos
     from defi_perception.conversions import features_to_msg, latent_to_msg

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.timeout(60)
 def test_decoder_needs_joint_states_when_the_checkpoint_has_state(ros_context, spin):
     import torch
     from sensor_msgs.msg import JointState
+
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
     from defi_perception import qos
     from defi_perception.conversions import features_to_msg, latent_to_msg
@@ -67,6 +68,7 @@ def test_fused_bringup_stages_read_joint_states_too(ros_context, spin):
     """defi_bringup's fused stages: the decoder is called in-process, and still needs the state."""
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
+
     from defi_msgs.msg import ActionChunk
     from defi_perception import qos
     from defi_policy.bringup import build_nodes, start_nodes

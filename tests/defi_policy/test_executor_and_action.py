@@ -114,6 +114,7 @@ def test_stale_and_malformed_chunks_are_rejected(ros_context, spin):
 def test_action_goal_accepted_feedback_and_cancel_stops(ros_context, spin):
     from rclpy.action import ActionClient
     from std_msgs.msg import Bool, String
+
     from defi_msgs.action import ExecuteInstruction
     from defi_msgs.msg import ActionChunk
     from defi_perception import qos
@@ -206,6 +207,7 @@ def test_missing_checkpoint_is_reported_and_the_node_keeps_running(ros_context, 
 def test_cancel_is_immediate_and_shutdown_ends_a_running_goal(ros_context, spin):
     """A slow feedback rate (one per 2 s) must delay neither a cancel nor the shutdown."""
     from rclpy.action import ActionClient
+
     from defi_msgs.action import ExecuteInstruction
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
 

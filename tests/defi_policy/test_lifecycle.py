@@ -1,10 +1,11 @@
 """Lifecycle done the rclpy way: data outputs are lifecycle publishers (silent while inactive),
 entities are made in configure and destroyed in cleanup, so cleanup -> new parameters ->
 configure applies a new topic and a new timer period."""
-from defi_ros_testkit import Probe, make_executor, params, shutdown
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.parameter import Parameter
+
+from defi_ros_testkit import Probe, make_executor, params, shutdown
 
 OK = TransitionCallbackReturn.SUCCESS
 
@@ -14,8 +15,9 @@ def control_periods_ns(node, status_period_ns):
 
 
 def test_reconfigure_applies_a_new_command_topic_and_rate(ros_context, spin):
-    from defi_perception import qos
     from geometry_msgs.msg import TwistStamped
+
+    from defi_perception import qos
     from defi_policy.chunk_executor_node import ChunkExecutorNode
     node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
         output_mode='twist', twist_topic='lc/cmd_a', control_rate_hz=10.0, status_rate_hz=4.0))

@@ -60,8 +60,9 @@ def test_ranges_are_enforced(ros_context):
 
 def test_an_out_of_range_value_from_a_params_file_names_the_parameter(tmp_path):
     import rclpy
-    from defi_policy.chunk_executor_node import ChunkExecutorNode
     from rclpy.exceptions import InvalidParameterValueException
+
+    from defi_policy.chunk_executor_node import ChunkExecutorNode
     path = tmp_path / 'p.yaml'
     path.write_text('chunk_executor:\n  ros__parameters:\n    control_rate_hz: -1.0\n')
     ctx = rclpy.Context()

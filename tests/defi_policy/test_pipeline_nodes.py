@@ -13,9 +13,10 @@ pytestmark = pytest.mark.timeout(60)
 def pipeline(request, ros_context, tiny_policy):
     """Bringup's nodes (shared policy) + a probe; yields (probe, executor, nodes). Indirect
     parameter: fuse_model_stages (default True, as in defi_bringup)."""
-    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
+
+    from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
     from defi_perception import qos
     from defi_policy.bringup import build_nodes, start_nodes
 
@@ -104,6 +105,7 @@ def test_composed_pipeline_publishes_chunk_with_shape_and_observation_stamp(pipe
 def test_malformed_inputs_are_counted_and_never_reach_the_robot(pipeline, spin):
     from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
+
     from defi_perception import qos
     probe, ex, nodes = pipeline
     comp = probe.publisher(CompressedImage, 'camera/image_raw/compressed', qos.SENSOR)  # noqa: F841

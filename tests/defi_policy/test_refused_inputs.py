@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(90)
 def test_joint_state_with_more_positions_than_the_state_is_refused(ros_context, spin):
     import torch
     from sensor_msgs.msg import JointState
+
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
     from defi_perception import qos
     from defi_perception.conversions import features_to_msg, latent_to_msg
@@ -103,6 +104,7 @@ def cdr_string(data: bytes) -> bytes:
 
 def test_instruction_with_invalid_utf8_nul_or_1mb_is_refused(ros_context, spin, tiny_policy):
     from std_msgs.msg import String
+
     from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode
     node = ForwardPredictorNode(policy=tiny_policy, context=ros_context,
@@ -119,7 +121,7 @@ def test_instruction_with_invalid_utf8_nul_or_1mb_is_refused(ros_context, spin, 
             pub.publish(String(data='close the door'))
             assert spin(ex, lambda: node.instruction == 'close the door', timeout_s=3)
             pub.publish(cdr_string(data))
-            assert spin(ex, lambda: node.counters.malformed_inputs == k + 1, timeout_s=3), why
+            assert spin(ex, lambda k=k: node.counters.malformed_inputs == k + 1, timeout_s=3), why
             assert node.instruction == '', f'{why}: the instruction was accepted altered'
             assert node.counters.last_error.startswith('instruction: data:') and why in node.counters.last_error
         pub.publish(cdr_string('öffne die Schublade'.encode()))
@@ -169,6 +171,7 @@ defi_bringup:
 
 def test_goal_with_an_unreadable_or_huge_instruction_is_rejected(ros_context, spin):
     from rclpy.action import ActionClient
+
     from defi_msgs.action import ExecuteInstruction
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
     server = ExecuteInstructionServer(context=ros_context)

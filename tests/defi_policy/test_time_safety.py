@@ -53,6 +53,7 @@ def test_chunk_stamped_in_the_future_is_refused_and_later_chunks_still_run(ros_c
 
 def test_sim_clock_jumping_back_commands_a_stop_and_fresh_chunks_resume(ros_context, spin):
     from rosgraph_msgs.msg import Clock
+
     from defi_perception.conversions import ns_to_stamp
     node, probe, pub = executor_and_probe(ros_context, use_sim_time=True)
     clock_pub = probe.publisher(Clock, '/clock', 10)
@@ -122,6 +123,7 @@ def test_camera_frame_stamped_in_the_future_does_not_block_good_frames(ros_conte
     from builtin_interfaces.msg import Time
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
+
     from defi_msgs.msg import ForwardFeatures
     from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode

@@ -113,7 +113,7 @@ def test_urdf_and_tf_reproduce_mujoco_poses(sim):
         assert joints[name] in ('revolute', 'prismatic'), name
     assert len(root.findall('link/visual')) >= 15     # the arm is drawn, not only frames
 
-    positions = dict(zip(sim.joint_names, sim.joint_positions()))
+    positions = dict(zip(sim.joint_names, sim.joint_positions(), strict=True))
     base = homogeneous(d.xpos[m.body('base').id], d.xmat[m.body('base').id].reshape(3, 3))
     fk = urdf_forward_kinematics(urdf, positions, base)
     tf = tf_world_poses(frames.static_transforms() + frames.dynamic_transforms(d))

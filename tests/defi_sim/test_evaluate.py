@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from defi_sim import eval_cli
-from defi_sim.evaluate import (EvalConfig, frame_offsets_steps, load_eval_policy, run_inprocess,
-                               sim_cameras_for, write_pictures)
+from defi_sim.evaluate import (
+    EvalConfig,
+    frame_offsets_steps,
+    load_eval_policy,
+    run_inprocess,
+    sim_cameras_for,
+    write_pictures,
+)
 from defi_training.evaluation import load_results, summarize, write_results
 
 torch.set_num_threads(2)
@@ -204,7 +210,7 @@ def test_inprocess_reruns_give_the_same_episodes(tiny_checkpoint):
     torch.manual_seed(12345)                     # disturb the global RNG between the runs
     torch.randn(100)
     second, _ = run_inprocess(policy, config, log=lambda s: None)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.seed == b.seed and len(a.trajectory['command']) == 6
         np.testing.assert_array_equal(a.trajectory['command'], b.trajectory['command'])
         np.testing.assert_array_equal(a.trajectory['hand'], b.trajectory['hand'])

@@ -1,11 +1,9 @@
 """defi-sim dataset: scripted-expert episodes written straight into an episode cache (real MuJoCo)."""
 import numpy as np
-import pytest
 
 from defi_sim.expert_data import ExpertDataConfig, write_expert_cache
 from defi_sim.metaworld_env import MetaWorldSim
 from defi_sim.record import main as defi_sim_main
-from defi_training.cache import EpisodeCache
 
 
 def test_rows_pair_each_frame_with_the_command_sent_for_it(tmp_path):

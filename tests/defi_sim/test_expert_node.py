@@ -8,7 +8,6 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from defi_msgs.msg import ActionChunk, TaskState  # noqa: E402
-
 from defi_sim.expert_node import ExpertNode  # noqa: E402
 from defi_sim.metaworld_env import MetaWorldSim, observation_names  # noqa: E402
 

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-
-from defi_msgs.msg import ActionChunk, TaskState  # noqa: E402
-from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
+from defi_msgs.msg import ActionChunk, TaskState  # noqa: E402
 from defi_sim.sim_node import SimNode  # noqa: E402
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -134,7 +133,7 @@ def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin)
             timeouts = sim.lockstep_timeouts
             for i, action in enumerate(commands):
                 probe.send_chunk(action, stamps[-1])
-                assert spin(executor, lambda: len(probe.states) > i + 1, 5.0)
+                assert spin(executor, lambda i=i: len(probe.states) > i + 1, 5.0)
                 stamps.append(ns(probe.states[-1].header.stamp))
             assert sim.lockstep_timeouts == timeouts  # every step came from a command
             spin(executor, lambda: False, 0.1)
@@ -164,7 +163,8 @@ def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin)
         future = probe.reset_client.call_async(Trigger.Request())
         assert spin(executor, future.done, 10.0)
         assert future.result().message == 'reach-v3 seed 12'
-        assert spin(executor, lambda: probe.instructions and probe.instructions[-1].data == 'reach the goal position', 5.0)
+        assert spin(executor, lambda: probe.instructions
+                    and probe.instructions[-1].data == 'reach the goal position', 5.0)
         result = sim.set_parameters([Parameter('task', value='fly-away')])[0]
         assert not result.successful and 'unknown Meta-World' in result.reason
     finally:
@@ -303,7 +303,7 @@ def test_tf_frames_and_robot_description_are_published(ros_context, spin):
             return dynamic[-1], probe.poses[-1]
 
         first = None
-        for i in range(25):
+        for _ in range(25):
             tf, pose = step([0.0, 1.0, 0.5, 0.0])     # +y, +z: every arm joint moves
             first = first or (tf, pose)
             frames = world_poses(list(static_tf) + list(tf.transforms))

@@ -35,7 +35,7 @@ def test_record_cli_writes_one_readable_bag_per_episode(tmp_path):
     out = tmp_path / 'reach-v3'
     bags = sorted(p.name for p in out.iterdir())
     assert bags == ['reach-v3_seed00005', 'reach-v3_seed00006']  # nothing left in .partial
-    for name, seed in zip(bags, (5, 6)):
+    for name, seed in zip(bags, (5, 6), strict=True):
         meta = yaml.safe_load((out / name / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
         custom = meta['custom_data']
         assert custom['task'] == 'reach-v3' and custom['seed'] == str(seed)
@@ -84,8 +84,9 @@ def test_record_cli_writes_one_readable_bag_per_episode(tmp_path):
 
     # ... and round-trip through the episode cache with the project's Meta-World data config
     cache_mod = pytest.importorskip('defi_training.cache')
-    from defi_training.topic_map import TopicMap
     from pathlib import Path
+
+    from defi_training.topic_map import TopicMap
     config = Path(__file__).resolve().parents[2] / 'config' / 'data_metaworld.yaml'
     topic_map = TopicMap.from_dict(yaml.safe_load(config.read_text())) if config.is_file() else TopicMap(fps=40)
     topic_map.image_size = 32

@@ -68,6 +68,7 @@ def test_missing_topic_type_mismatch_and_bad_payload(tmp_path):
     # an Image whose step is smaller than a row: the decode error names the topic and field
     bad = write_synthetic_bag(tmp_path / 'bad', duration_s=1.0, image_size=16)
     from rosbags.rosbag2 import Reader, Writer
+
     from defi_training.sources.rosbag import make_typestore
     store = make_typestore()
     out = tmp_path / 'bad_step'
@@ -80,7 +81,8 @@ def test_missing_topic_type_mismatch_and_bad_payload(tmp_path):
                 raw = store.serialize_cdr(msg, c.msgtype)
             w.write(conns[c.id], t, raw)
     eps = list(read_bag(out, TopicMap(**TM), report))
-    assert not eps and 'step' in report.skipped[-1]['reason'] and 'camera/front/image_raw' in report.skipped[-1]['reason']
+    reason = report.skipped[-1]['reason']
+    assert not eps and 'step' in reason and 'camera/front/image_raw' in reason
     assert len(report.skipped) == 4
 
 
@@ -109,9 +111,9 @@ def test_cli_reports_each_skip_and_the_summary(tmp_path):
                            '--out', str(tmp_path / 'cache'), 'image_size=16'],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    skipped = [l for l in proc.stderr.splitlines() if l.startswith('SKIPPED')]
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith('SKIPPED')]
     assert len(skipped) == 2
-    assert any(str(bad.path) in l for l in skipped) and any('clip.mp4' in l for l in skipped)
+    assert any(str(bad.path) in s for s in skipped) and any('clip.mp4' in s for s in skipped)
     assert '1 episodes' in proc.stdout and '2 input(s) skipped' in proc.stdout
     meta = json.loads((tmp_path / 'cache' / 'meta.json').read_text())
     assert len(meta['skipped']) == 2 and meta['episodes'][0]['source'] == str(good.path)

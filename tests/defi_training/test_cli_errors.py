@@ -108,7 +108,9 @@ def test_a_rerun_removes_temporaries_of_killed_runs_only(bags, tmp_path):
 
 def test_a_checkpoint_save_removes_a_dead_runs_temporaries_first(tmp_path):
     import os
+
     import torch
+
     from defi_training.checkpointing import save_run_checkpoint
     root = tmp_path / 'run' / 'checkpoints'
     stale = root / f'.tmp-step_00000100-{dead_pid()}'

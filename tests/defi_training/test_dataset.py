@@ -70,8 +70,8 @@ def test_errors_and_split(cache, tmp_path):
     with pytest.raises(ValueError, match='future_stride'):
         ClipDataset(cache, future_stride=0)
     write_synthetic_bag(tmp_path / 'b', duration_s=0.5, image_size=16, action=None)
-    free = build_cache([tmp_path / 'b'], tmp_path / 'c', TopicMap(image_size=16, action={'source': 'none', 'topic': None}),
-                       report=Report(quiet=True))
+    free = build_cache([tmp_path / 'b'], tmp_path / 'c',
+                       TopicMap(image_size=16, action={'source': 'none', 'topic': None}), report=Report(quiet=True))
     with pytest.raises(ValueError, match='action-free'):
         ClipDataset(free, require_actions=True)
     assert 'action' not in ClipDataset(free)[0]

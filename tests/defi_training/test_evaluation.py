@@ -5,11 +5,21 @@ import math
 import numpy as np
 import pytest
 
-from defi_training.evaluation import (EpisodeResult, PredictionRecord, bootstrap_mean_interval,
-                                      latency_summary, load_results, predicted_frames_for_view,
-                                      results_markdown, save_prediction_strips, summarize,
-                                      validate_results, wilson_interval, write_results, write_video)
-
+from defi_training.evaluation import (
+    EpisodeResult,
+    PredictionRecord,
+    bootstrap_mean_interval,
+    latency_summary,
+    load_results,
+    predicted_frames_for_view,
+    results_markdown,
+    save_prediction_strips,
+    summarize,
+    validate_results,
+    wilson_interval,
+    write_results,
+    write_video,
+)
 
 # ------------------------------------------------------------------------------ statistics
 

@@ -32,7 +32,7 @@ def test_bag_topics_types_counts_rates_gaps(tmp_path):
     for text in ('/camera/front/image_raw', 'sensor_msgs/msg/Image', 'defi_msgs/msg/ActionChunk', '/instruction',
                  'storage sqlite3', '1.10s at 0.90s'):
         assert text in out, text
-    line = next(l for l in out.splitlines() if '/joint_states' in l)
+    line = next(x for x in out.splitlines() if '/joint_states' in x)
     assert ' 40 ' in line and '10.00' in line
 
 

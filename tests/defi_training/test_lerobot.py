@@ -32,7 +32,7 @@ def test_round_trip_lossless_for_arrays(tmp_path):
     report = Report(quiet=True)
     back = list(read_lerobot(out, TopicMap(image_size=16, fps=10), report))
     assert not report.skipped and len(back) == 3
-    for a, b in zip(src, back):
+    for a, b in zip(src, back, strict=True):
         assert np.array_equal(a.state, b.state) and b.state.dtype == np.float32
         assert np.array_equal(a.action, b.action)
         assert a.task == b.task and b.state_names == a.state_names and b.action_names == a.action_names
@@ -183,7 +183,7 @@ def test_episodes_parquet_has_per_episode_stats_columns(tmp_path):
     src = _episodes(2)
     root = write_lerobot(src, tmp_path / 'ds', fps=10)
     rows = pq.read_table(root / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet').to_pylist()
-    for ep, row in zip(src, rows):
+    for ep, row in zip(src, rows, strict=True):
         np.testing.assert_allclose(row['stats/action/mean'], ep.action.astype(np.float64).mean(0), rtol=1e-6)
         np.testing.assert_allclose(row['stats/observation.state/q99'],
                                    np.quantile(ep.state.astype(np.float64), 0.99, axis=0), rtol=1e-6)

@@ -166,6 +166,7 @@ def test_two_cameras_and_topics_without_leading_slash(tmp_path):
 
 def test_a_video_config_on_a_bag_names_the_camera_without_a_topic(tmp_path):
     from pathlib import Path
+
     from defi_training.topic_map import load_topic_map
     bag = write_synthetic_bag(tmp_path / 'b', duration_s=1.0, image_size=16)
     video_config = Path(__file__).resolve().parents[2] / 'config' / 'data_video.yaml'
@@ -178,8 +179,10 @@ def test_a_video_config_on_a_bag_names_the_camera_without_a_topic(tmp_path):
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
 def test_qos_text_that_differs_from_the_storage_file_is_read_with_a_warning(tmp_path, storage, capsys):
-    import yaml
     from pathlib import Path
+
+    import yaml
+
     from defi_training.inspect import inspect_path
     bag = write_synthetic_bag(tmp_path / 'b', storage=storage, duration_s=1.0, image_size=16)
     meta_path = Path(bag.path) / 'metadata.yaml'

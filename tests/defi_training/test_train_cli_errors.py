@@ -52,7 +52,8 @@ def one_line(err: str) -> str:
 def test_wrong_typed_model_override_names_the_key(cache, capsys):
     rc = train_main(['gfdm', f'data.cache={cache}', '--set', 'model.image_size=big'])
     assert rc == 2
-    assert one_line(capsys.readouterr().err) == "defi-train: config key 'model.image_size': expected an integer, got 'big'"
+    assert one_line(capsys.readouterr().err) == (
+        "defi-train: config key 'model.image_size': expected an integer, got 'big'")
 
 
 def test_an_output_it_cannot_make_is_one_line_and_exit_2(cache, tmp_path, capsys):
@@ -97,7 +98,8 @@ def test_ctrl_c_while_saving_exits_130_without_a_half_checkpoint(cache, tmp_path
     run = tmp_path / 'run'
     rc = train_main(['gfdm', f'data.cache={cache}', '--out', str(run), 'steps=5', *FAST])
     assert rc == 130
-    assert one_line(capsys.readouterr().err) == f'defi-train: interrupted; continue with: defi-train gfdm --resume {run}'
+    assert one_line(capsys.readouterr().err) == (
+        f'defi-train: interrupted; continue with: defi-train gfdm --resume {run}')
     assert [p.name for p in list_checkpoints(run)] == ['step_00000001'] and not leftovers(run)
     assert not [p for p in run.rglob('*.tmp*')]
 

@@ -1,20 +1,26 @@
 """Training config system, schedule, data order and checkpoint state (no model training here)."""
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from defi_training.checkpointing import (capture_rng_state, latest_checkpoint, list_checkpoints,
-                                         optimizer_state_from_files, optimizer_state_to_files,
-                                         restore_rng_state, save_run_checkpoint)
+from defi_training.checkpointing import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    optimizer_state_from_files,
+    optimizer_state_to_files,
+    restore_rng_state,
+    save_run_checkpoint,
+)
 from defi_training.distributed import ResumableBatchSampler, fixed_batches
 from defi_training.train import lr_at
 from defi_training.train_cli import main as train_main
-from defi_training.train_config import (ConfigError, TrainConfig, apply_overrides, load_train_config,
-                                        save_train_config)
+from defi_training.train_config import ConfigError, TrainConfig, apply_overrides, load_train_config, save_train_config
 from defi_training.train_support import open_cache, use_bf16_autocast
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +75,7 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
                                           'optim.min_lr_ratio=0.1'])
     lrs = [lr_at(s, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))          # non-increasing after warmup
+    assert all(a >= b for a, b in pairwise(lrs[10:]))          # non-increasing after warmup
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
@@ -117,7 +123,7 @@ def test_optimizer_state_round_trip_is_exact():
     for n, o in ((net, opt), (net2, opt2)):
         n(x).pow(2).sum().backward()
         o.step()
-    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters(), strict=True))
 
 
 def test_run_checkpoints_are_atomic_and_pruned(tmp_path):

@@ -1,12 +1,19 @@
 """Video source on real files written with PyAV: containers, sidecar instructions, resampling."""
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from defi_training.sources import Report
-from defi_training.sources.video import (VideoWriter, decode_video, probe_video, read_video, video_instruction,
-                                         write_video)
+from defi_training.sources.video import (
+    VideoWriter,
+    decode_video,
+    probe_video,
+    read_video,
+    video_instruction,
+    write_video,
+)
 from defi_training.topic_map import TopicMap
 
 TM = TopicMap(image_size=16, fps=10, action={'source': 'none', 'topic': None}, state={'topic': None})
@@ -95,7 +102,7 @@ def test_video_writer_appends_across_calls_with_one_frame_per_tick_and_short_gop
     assert _levels(frames[:5]).tolist() == [0, 1, 2, 3, 4] and _levels(frames[5:], step=30).tolist() == [0, 1, 2, 3]
     with av.open(str(path)) as c:
         keys = [f.key_frame for f in c.decode(c.streams.video[0])]
-    assert keys[0] and not any(not a and not b for a, b in zip(keys, keys[1:]))   # a keyframe every <= 2 frames
+    assert keys[0] and not any(not a and not b for a, b in pairwise(keys))   # a keyframe every <= 2 frames
 
 
 def test_video_writer_rejects_a_frame_of_another_size_and_aborts_without_flushing(tmp_path):
@@ -125,14 +132,15 @@ def test_truncated_video_gives_a_warning(tmp_path, capsys):
 
 def _video_with_gap(path, times_ms):
     """h264 frames stamped at times_ms (a pause in the recording leaves a hole in the pts)."""
-    import av
     from fractions import Fraction
+
+    import av
     frames = gray_frames(len(times_ms))
     with av.open(str(path), mode='w') as c:
         s = c.add_stream('libx264', rate=10)
         s.width, s.height, s.pix_fmt = 32, 32, 'yuv420p'
         s.codec_context.time_base = Fraction(1, 1000)
-        for img, t in zip(frames, times_ms):
+        for img, t in zip(frames, times_ms, strict=True):
             vf = av.VideoFrame.from_ndarray(img, format='rgb24')
             vf.pts, vf.time_base = t, Fraction(1, 1000)
             for packet in s.encode(vf):

@@ -5,9 +5,19 @@ import time
 import numpy as np
 import pytest
 
-from defi_core.runtime import (Chunk, ChunkSchedule, LatestWorker, SafetyLatch, StatusCounters,
-                               StopReason, all_finite, joint_positions, parse_limits,
-                               resolve_twist_axes, twist_components)
+from defi_core.runtime import (
+    Chunk,
+    ChunkSchedule,
+    LatestWorker,
+    SafetyLatch,
+    StatusCounters,
+    StopReason,
+    all_finite,
+    joint_positions,
+    parse_limits,
+    resolve_twist_axes,
+    twist_components,
+)
 
 MS = 1_000_000
 
