@@ -3,17 +3,21 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo bench lock clean distclean
+.PHONY: help setup check test demo bench lock clean distclean
 
 help:
 	@echo "make setup   create .venv, install pinned deps + ROS 2 wheels, colcon build (idempotent)"
-	@echo "make test    setup, then run every test (pytest)"
+	@echo "make check   setup, then the static checks: ruff (lint + import order) and mypy"
+	@echo "make test    setup, then the static checks and every test (pytest)"
 	@echo "make demo    setup, then run the default checkpoint closed loop in simulation through ROS 2"
 	@echo "make bench   setup, then run every benchmark in quick mode and regenerate benchmarks/results/README.md"
 	@echo "make lock    rewrite constraints.txt from the current .venv"
 
 setup:
 	@bash scripts/setup.sh
+
+check: setup
+	@bash scripts/check.sh
 
 test: setup
 	@bash scripts/test.sh $(PYTEST_ARGS)
