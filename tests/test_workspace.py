@@ -128,6 +128,58 @@ def test_ros_free_packages_never_import_rclpy(name):
     assert offenders == []
 
 
+# One-way layering: a package may import only packages of a lower layer (never one above it, nor
+# one beside it). The ROS-free core is at the bottom; the launch files at the top.
+LAYERS = {
+    'defi_core': 0,            # model, runtime logic, checkpoints (ROS-free)
+    'defi_training': 1,        # data and training (ROS-free)
+    'defi_msgs': 2,            # interfaces (generated code only)
+    'defi_perception': 3,      # the ROS layer the nodes build on, the forward predictor, the recorder
+    'defi_policy': 4,          # policy nodes
+    'defi_sim': 4,             # simulation nodes and evaluation
+    'defi_bringup': 5,         # launch files
+}
+
+
+def layer_violations(name: str, extra_source: str = '') -> list:
+    """Imports of workspace packages by package `name` (plus `extra_source`, as if it were one of
+    its modules) that are not in a lower layer."""
+    imports = top_level_imports(ROOT / 'src' / name)
+    for node in ast.walk(ast.parse(extra_source)):
+        if isinstance(node, ast.Import):
+            imports.update({a.name.split('.')[0]: f'<extra>:{node.lineno}' for a in node.names})
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imports[node.module.split('.')[0]] = f'<extra>:{node.lineno}'
+    return [f'{where}: {name} (layer {LAYERS[name]}) imports {module} (layer {LAYERS[module]})'
+            for module, where in sorted(imports.items())
+            if module in LAYERS and module != name and LAYERS[module] >= LAYERS[name]]
+
+
+def test_every_package_has_a_layer():
+    found = {p.parent.name for p in (ROOT / 'src').glob('*/package.xml')}
+    assert found == set(LAYERS), 'place each package of src/ in LAYERS'
+
+
+@pytest.mark.parametrize('name', sorted(LAYERS))
+def test_imports_only_go_down_the_layers(name):
+    assert layer_violations(name) == []
+
+
+@pytest.mark.parametrize('name, line', [('defi_core', 'from defi_training.cache import EpisodeCache'),
+                                        ('defi_training', 'import defi_perception.qos'),
+                                        ('defi_policy', 'from defi_sim.tasks import instruction_for')])
+def test_layer_check_fails_on_an_upward_import(name, line):
+    assert layer_violations(name, f'def f():\n    {line}\n')
+
+
+@pytest.mark.parametrize('name', ROS_FREE)
+def test_ros_free_packages_import_no_ros_package(name):
+    """Beyond rclpy: no message, launch or other ROS package either; only the non-ROS dependencies
+    (IMPORT_KEYS) and the ROS-free packages below."""
+    allowed = set(IMPORT_KEYS) | {n for n in ROS_FREE if LAYERS[n] < LAYERS[name]}
+    assert {m: w for m, w in top_level_imports(ROOT / 'src' / name).items() if m not in allowed} == {}
+
+
 def run_setup(tree, env):
     start = time.monotonic()
     proc = subprocess.run(['bash', 'scripts/setup.sh'], cwd=tree, env=env, capture_output=True,
