@@ -1,9 +1,12 @@
 """DeFI against LeRobot's ACT and Diffusion Policy: the same demonstrations, the same CPU, the same
 training wall-clock budget, and the same closed loop on the same unseen initial states.
 
-    python benchmarks/peer_policies.py --quick --defi-train-wall-s S   # 10 episodes/task, peers <= 12 min each (<= 60 min, 2 cores)
-    python benchmarks/peer_policies.py --defi-train-wall-s S           # 50 episodes/task, peers get DeFI's whole budget
-    python benchmarks/peer_policies.py --smoke                         # 1 task, 20 steps per peer, 2 episodes: does it all run
+    # 10 episodes/task, peers <= 12 min each (<= 60 min, 2 cores)
+    python benchmarks/peer_policies.py --quick --defi-train-wall-s S
+    # 50 episodes/task, peers get DeFI's whole budget
+    python benchmarks/peer_policies.py --defi-train-wall-s S
+    # 1 task, 20 steps per peer, 2 episodes: does it all run
+    python benchmarks/peer_policies.py --smoke
 
 S is the wall time of DeFI's finetune (`defi-train finetune`) that made --defi-checkpoint; the
 peers train that long (--budget-s sets it directly; without either, the finetune time recorded in
@@ -40,8 +43,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 from common import RESULTS, cache_tasks, emit, median  # noqa: E402
-from peer_venv import (LEROBOT_VERSION, WORKER, PeerPolicy, ensure_peer_venv, peer_env,  # noqa: E402
-                       tail)
+from peer_venv import LEROBOT_VERSION, WORKER, PeerPolicy, ensure_peer_venv, peer_env, tail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_BUDGET_CAP_S = 720         # per peer: two peers + three evaluations fit in 60 minutes
@@ -193,7 +195,8 @@ def budget_from(args) -> tuple[float, str]:
     try:
         wall = float(json.loads(rec.read_text())['stage_s'][stage])
     except (OSError, ValueError, KeyError, TypeError):
-        raise SystemExit("peer_policies: give DeFI's finetune wall time with --defi-train-wall-s (or --budget-s)")
+        raise SystemExit("peer_policies: give DeFI's finetune wall time with --defi-train-wall-s "
+                         '(or --budget-s)') from None
     return wall, (f"DeFI's finetune wall time in {rec.relative_to(ROOT)} ({stage}); give the one of the "
                   'checkpoint under test with --defi-train-wall-s')
 
@@ -261,7 +264,8 @@ def main() -> int:
     mode_group = ap.add_mutually_exclusive_group()
     mode_group.add_argument('--quick', action='store_true', help='10 episodes per task, peers <= 12 min each')
     mode_group.add_argument('--smoke', action='store_true', help=f'1 task, {SMOKE_STEPS} steps per peer, 2 episodes')
-    ap.add_argument('--defi-checkpoint', default=None, help='DeFI checkpoint under test (default models/defi_metaworld)')
+    ap.add_argument('--defi-checkpoint', default=None,
+                    help='DeFI checkpoint under test (default models/defi_metaworld)')
     ap.add_argument('--defi-train-wall-s', type=float, default=None,
                     help="wall seconds of the DeFI finetune that made the checkpoint: the peers' budget")
     ap.add_argument('--budget-s', type=float, default=None, help='training wall seconds per peer (overrides)')
@@ -284,6 +288,7 @@ def main() -> int:
     start = time.monotonic()
 
     import torch
+
     from defi_sim.evaluate import EvalConfig, checkpoint_chunk_dt, load_eval_policy
     from defi_training.cache import EpisodeCache
     torch.set_num_threads(max(1, args.threads))
@@ -293,7 +298,7 @@ def main() -> int:
     try:
         cache = EpisodeCache(cache_path)
     except Exception as exc:  # noqa: BLE001 - one line that names the cache
-        raise SystemExit(f'peer_policies: cannot read the episode cache {cache_path}: {exc}')
+        raise SystemExit(f'peer_policies: cannot read the episode cache {cache_path}: {exc}') from None
     tasks = list(args.tasks or cache_tasks(cache))
     if mode == 'smoke' and not args.tasks:
         tasks = tasks[:1]

@@ -6,15 +6,15 @@ is a ValueError whose text names the field.
 from __future__ import annotations
 
 import array
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 from sensor_msgs.msg import CompressedImage, Image
 
 from defi_core.image_codec import decode_compressed, decode_image, encode_image, resize_image
 from defi_core.runtime.chunk_schedule import Chunk
+from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
 
 __all__ = ['stamp_to_ns', 'ns_to_stamp', 'image_msg_to_rgb', 'rgb_to_image_msg', 'float32_array',
            'features_to_msg', 'features_from_msg', 'check_features', 'policy_features_from_msg',
@@ -38,7 +38,7 @@ def string_from_cdr(raw: bytes, max_bytes: int = 0) -> str:
     raw = bytes(raw)
     if len(raw) < 8:
         raise ValueError(f'data: {len(raw)} bytes, not a serialized string')
-    order = 'little' if raw[1] & 1 else 'big'       # CDR encapsulation id: odd = little endian
+    order: Literal['little', 'big'] = 'little' if raw[1] & 1 else 'big'   # CDR encapsulation id: odd = little endian
     offset = 8 if raw[1] in (8, 9) else 4           # delimited XCDR2 carries a DHEADER first
     n = int.from_bytes(raw[offset:offset + 4], order)
     body = raw[offset + 4:offset + 4 + n]

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -105,16 +105,17 @@ class ForwardPredictorNode(DefiNode):
         self.camera_topics: Dict[str, str] = {}     # setup(): checkpoint camera -> its image topic
         self._lock = threading.Lock()
         self._last_submitted_ns = -1
-        self.features_worker = None
-        self.preview_worker = None
+        self.features_worker: LatestWorker | None = None
+        self.preview_worker: LatestWorker | None = None     # stays None without a preview
         # defi_bringup's fused model stages: called with (stamp, features, lang, instruction) on
         # the features worker, under the model lock, before the features are published
-        self.downstream = None
+        self.downstream: Callable[[int, Any, Any, str], None] | None = None
 
     # ---- lifecycle hooks ----------------------------------------------------------------------
     def setup(self) -> None:
-        p, cfg = self.params, self.policy.cfg
-        cameras = checkpoint_facts(self.policy).cameras
+        policy = self.require_policy()
+        p, cfg = self.params, policy.cfg
+        cameras = checkpoint_facts(policy).cameras
         self.camera_topics, by_position = camera_topic_map(p.camera_topics, cameras)
         if by_position and len(cameras) > 1:
             # the order is easy to get wrong and nothing would notice: the views would just swap
@@ -139,7 +140,7 @@ class ForwardPredictorNode(DefiNode):
         self.features_pub = self.create_lifecycle_publisher(ForwardFeatures, p.features_topic, qos.FEATURES)
         self.features_worker = LatestWorker(self._compute_features, 'defi-features',
                                             functools.partial(self.report_failure, 'forward features'))
-        if p.preview_rate_hz > 0 and getattr(self.policy, 'gfdm', None) is not None:
+        if p.preview_rate_hz > 0 and getattr(policy, 'gfdm', None) is not None:
             self.preview_pub = self.create_lifecycle_publisher(Image, p.predicted_frames_topic, qos.BEST_EFFORT)
             self.preview_worker = LatestWorker(self._compute_preview, 'defi-preview',
                                                functools.partial(self.report_failure, 'predicted frames'))
@@ -148,7 +149,7 @@ class ForwardPredictorNode(DefiNode):
 
     def warm_up(self) -> None:
         with model_call():
-            warm_up_features(self.policy)
+            warm_up_features(self.require_policy())
 
     def teardown(self) -> None:
         for w in (self.features_worker, self.preview_worker):
@@ -221,6 +222,8 @@ class ForwardPredictorNode(DefiNode):
                                   f'{topic} stamp {stamp * 1e-9:.3f}')
                 return
             self._last_submitted_ns = stamp
+        if self.features_worker is None:
+            raise RuntimeError('forward predictor: camera frame before setup() made the features worker')
         self.features_worker.submit((stamp, obs[1], self.instruction))
 
     def _on_preview_timer(self) -> None:
@@ -247,10 +250,11 @@ class ForwardPredictorNode(DefiNode):
             self.report_error('stale_observations', f'{topic}: observation is '
                               f'{age_s:.3f} s old (max_age_s={self.params.max_age_s}); skipped')
             return
+        policy = self.require_policy()
         t0 = time.perf_counter()
         with model_call():
-            lang = self.policy.encode_instruction([instruction])
-            feats = self.policy.forward_features(self._images(frames), lang)
+            lang = policy.encode_instruction([instruction])
+            feats = policy.forward_features(self._images(frames), lang)
             if not bool(feats.isfinite().all()):
                 self.report_error('non_finite_outputs', 'forward features: non-finite values; not published')
                 return
@@ -265,9 +269,12 @@ class ForwardPredictorNode(DefiNode):
     def _compute_preview(self, item) -> None:
         stamp, frames, instruction = item
         steps = self.params.preview_steps or None
-        gfdm = self.policy.gfdm
+        policy = self.require_policy()
+        gfdm = policy.gfdm
+        if gfdm is None:
+            return      # not reached: setup() makes the preview worker only for a policy with a GFDM
         with model_call():
-            lang = self.policy.encode_instruction([instruction])
+            lang = policy.encode_instruction([instruction])
         # the model lock is taken per denoising step, so the control path waits at most one step
         # instead of a whole sampling loop (measured at 1 Hz, 10 steps, base: the whole loop under
         # the lock dropped 21 of 201 frames, p95 306 ms)

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -38,6 +38,10 @@ from defi_msgs.msg import PolicyStatus
 
 from . import qos
 from .params import declare_params, param, read_params, warn_unknown_parameters
+
+if TYPE_CHECKING:   # annotations only: importing a node must not load torch and the model code
+    from defi_core.policy import DefiPolicy
+    from defi_core.runtime.worker import LatestWorker
 
 __all__ = ['CommonParams', 'ModelParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
            'shutdown_nodes', 'model_call', 'warm_up_features']
@@ -120,7 +124,7 @@ class DefiNode(LifecycleNode):
     params_cls: Any = ModelParams
     needs_policy = True
     status_row = 0          # line of this node in the RViz status text
-    worker = None           # a model node's inference worker (LatestWorker), made in setup()
+    worker: LatestWorker | None = None     # a model node's inference worker, made in setup()
 
     def __init__(self, node_name: str, *, policy=None, **kwargs):
         # a node whose __init__ failed (a bad parameter) is still destroyed by rclpy: nothing to
@@ -129,9 +133,9 @@ class DefiNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.params = declare_params(self, self.params_cls)
         self.counters = StatusCounters()
-        self.policy = None
+        self.policy: DefiPolicy | None = None      # set by configure (needs_policy), None after cleanup
         self.active = False
-        self._shared_policy = policy
+        self._shared_policy: DefiPolicy | None = policy
         self._configured = False
         self._setup_entities: list = []     # what setup() created, destroyed on cleanup
         self._state = PolicyStatus.STATE_UNCONFIGURED
@@ -287,6 +291,14 @@ class DefiNode(LifecycleNode):
             super().destroy_node()
 
     # ---- helpers ------------------------------------------------------------------------------
+    def require_policy(self) -> DefiPolicy:
+        """self.policy, for setup(), warm_up() and the model stages. configure sets it before
+        setup(); it is None only before configure and after cleanup, when none of them runs."""
+        policy = self.policy
+        if policy is None:
+            raise RuntimeError(f'{self.get_name()}: no policy loaded (the node is not configured)')
+        return policy
+
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 from sensor_msgs.msg import JointState
@@ -58,13 +58,14 @@ class ActionDecoderNode(DefiNode):
         super().__init__(node_name, policy=policy, **kwargs)
         self.in_process = in_process     # True: fed by decode() calls, no features/latents topics
         self._lock = threading.Lock()
-        self._features = OrderedDict()   # stamp -> (features, instruction)
-        self._latents = OrderedDict()    # stamp -> tokens
+        self._features: OrderedDict[int, Tuple[np.ndarray, str]] = OrderedDict()  # stamp -> (features, instruction)
+        self._latents: OrderedDict[int, np.ndarray] = OrderedDict()               # stamp -> tokens
         self._joint_state = None
         self.state_names: list = []      # setup(): the parameter's, else the checkpoint's
 
     def setup(self) -> None:
-        p, cfg = self.params, self.policy.cfg
+        policy = self.require_policy()
+        p, cfg = self.params, policy.cfg
         if p.action_names and len(p.action_names) != cfg.action_dim:
             raise ValueError(f"parameter 'action_names': {len(p.action_names)} names for the "
                              f'checkpoint action_dim {cfg.action_dim}')
@@ -73,7 +74,7 @@ class ActionDecoderNode(DefiNode):
                              f'checkpoint state_dim {cfg.state_dim}')
         if p.action_dt < 0:
             raise ValueError(f"parameter 'action_dt': must be >= 0 (0 = from the checkpoint), got {p.action_dt}")
-        facts = checkpoint_facts(self.policy)
+        facts = checkpoint_facts(policy)
         self.action_dt = p.action_dt or self._checkpoint_dt(facts)
         if p.action_names and facts.action_names and list(p.action_names) != list(facts.action_names):
             self.get_logger().info(f"parameter 'action_names' {list(p.action_names)} renames the "
@@ -106,12 +107,13 @@ class ActionDecoderNode(DefiNode):
 
     def warm_up(self) -> None:
         import torch
-        cfg = self.policy.cfg
+        policy = self.require_policy()
+        cfg = policy.cfg
         with model_call():
-            feats, lang = warm_up_features(self.policy)
-            _, tokens = self.policy.latent_actions(feats, lang)
+            feats, lang = warm_up_features(policy)
+            _, tokens = policy.latent_actions(feats, lang)
             state = torch.zeros(1, cfg.state_dim) if cfg.state_dim > 0 else None
-            self.policy.decode_actions(feats, tokens, lang, state)
+            policy.decode_actions(feats, tokens, lang, state)
 
     # ---- callbacks ----------------------------------------------------------------------------
     def on_time_jump(self) -> None:
@@ -130,7 +132,8 @@ class ActionDecoderNode(DefiNode):
         if not self.active:
             return
         try:
-            feats, instruction = policy_features_from_msg(msg, self.policy.cfg, self.params.features_topic)
+            feats, instruction = policy_features_from_msg(msg, self.require_policy().cfg,
+                                                          self.params.features_topic)
         except ValueError as exc:
             self.report_error('malformed_inputs', str(exc))
             return
@@ -163,12 +166,14 @@ class ActionDecoderNode(DefiNode):
                     del d[old]
         ok, state = self.current_state()
         if ok:
+            if self.worker is None:     # not reached: an in-process decoder has no such subscriptions
+                raise RuntimeError('action decoder: no worker (an in-process decoder is fed by decode())')
             self.worker.submit((stamp, feats, tokens, instruction, state))
 
     def current_state(self):
         """(True, state [state_dim] or None when the checkpoint has no state), or (False, None)
         after reporting why the latest JointState cannot be used."""
-        if self.policy.cfg.state_dim <= 0:
+        if self.require_policy().cfg.state_dim <= 0:
             return True, None
         try:
             return True, self._state_vector()
@@ -179,7 +184,7 @@ class ActionDecoderNode(DefiNode):
     def _state_vector(self) -> np.ndarray:
         """The state from the latest JointState, by joint name; a message whose names or count do
         not fit is refused (never the first state_dim of more positions)."""
-        msg, dim, names = self._joint_state, self.policy.cfg.state_dim, self.state_names
+        msg, dim, names = self._joint_state, self.require_policy().cfg.state_dim, self.state_names
         if msg is None:
             raise ValueError(f'no JointState received yet (the checkpoint needs state_dim={dim})')
         pos, msg_names = list(msg.position), list(msg.name)
@@ -205,7 +210,7 @@ class ActionDecoderNode(DefiNode):
         import torch
         stamp, feats, tokens, instruction, state = item
         with model_call():
-            lang = self.policy.encode_instruction([instruction])
+            lang = self.require_policy().encode_instruction([instruction])
             self.decode(stamp, torch.from_numpy(feats.copy())[None], torch.from_numpy(tokens.copy())[None],
                         lang, instruction, state)
 
@@ -224,10 +229,11 @@ class ActionDecoderNode(DefiNode):
             self.report_error('stale_observations', f'{source}: observation is {age_s:.3f} s old '
                               f'(max_age_s={self.params.max_age_s}); no chunk')
             return
+        policy = self.require_policy()
         t0 = time.perf_counter()
         with model_call():
             state_t = None if state is None else torch.from_numpy(state)[None]
-            chunk = self.policy.decode_actions(feats, tokens, lang, state_t)
+            chunk = policy.decode_actions(feats, tokens, lang, state_t)
         actions = chunk[0].float().cpu().numpy()
         if not all_finite(actions):
             # published anyway: the executor must see it and command a stop now

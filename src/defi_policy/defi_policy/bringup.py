@@ -15,7 +15,7 @@ import functools
 import threading
 from dataclasses import dataclass
 
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
@@ -86,8 +86,9 @@ def start_nodes(nodes) -> list:
     return [n.get_name() for n in nodes if not n.start()]
 
 
-def make_executors(kind: str, pipeline: list, servers: list):
+def make_executors(kind: str, pipeline: list, servers: list) -> tuple[Executor, Executor | None]:
     """(executor spun by main, executor for the action server spun on its own thread or None)."""
+    executor: Executor
     if kind == 'multi':
         executor = MultiThreadedExecutor(num_threads=3 if servers else 2)
         for n in pipeline + servers:
@@ -115,7 +116,7 @@ def main(args=None) -> None:
         p = declare_params(host, BringupParams)
     except ValueError as exc:   # a wrong-typed value: one line naming the parameter, exit 2
         host.get_logger().fatal(f'defi_bringup: {exc}')
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if p.executor not in EXECUTORS:
         host.get_logger().fatal(f"parameter 'executor': {p.executor!r} is not one of {list(EXECUTORS)}")
         raise SystemExit(2)
@@ -129,7 +130,7 @@ def main(args=None) -> None:
         nodes = build_nodes(policy, p.with_action_server, p.fuse_model_stages)
     except ValueError as exc:
         host.get_logger().fatal(f'defi_bringup: {exc}')
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     declared = {name for n in [host] + nodes for name in n.list_parameters([], 0).names}
     warned: set = set()
     for n in [host] + nodes:

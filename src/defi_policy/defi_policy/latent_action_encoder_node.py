@@ -13,8 +13,7 @@ from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions
 from defi_perception import qos
 from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
-from defi_perception.node_base import (DefiNode, ModelParams, model_call, run_node,
-                                      warm_up_features)
+from defi_perception.node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
 from defi_perception.params import param
 
 
@@ -46,23 +45,27 @@ class LatentActionEncoderNode(DefiNode):
 
     def warm_up(self) -> None:
         with model_call():
-            self.policy.latent_actions(*warm_up_features(self.policy))
+            policy = self.require_policy()
+            policy.latent_actions(*warm_up_features(policy))
 
     def on_features(self, msg: ForwardFeatures) -> None:
         if not self.active:
             return
         try:
-            feats, instruction = policy_features_from_msg(msg, self.policy.cfg, self.params.features_topic)
+            feats, instruction = policy_features_from_msg(msg, self.require_policy().cfg,
+                                                          self.params.features_topic)
         except ValueError as exc:
             self.report_error('malformed_inputs', str(exc))
             return
+        if self.worker is None:     # not reached: an in-process encoder has no features subscription
+            raise RuntimeError('latent-action encoder: no worker (an in-process encoder is fed by encode())')
         self.worker.submit((stamp_to_ns(msg.header.stamp), feats, instruction))
 
     def _compute(self, item) -> None:
         import torch
         stamp, feats, instruction = item
         with model_call():
-            lang = self.policy.encode_instruction([instruction])
+            lang = self.require_policy().encode_instruction([instruction])
             self.encode(stamp, torch.from_numpy(feats.copy())[None], lang)
 
     def encode(self, stamp: int, feats, lang):
@@ -70,9 +73,10 @@ class LatentActionEncoderNode(DefiNode):
         not finite or not active); publishes LatentActions when somebody listens."""
         if not self.active:
             return None
+        policy = self.require_policy()
         t0 = time.perf_counter()
         with model_call():
-            codes, tokens = self.policy.latent_actions(feats, lang)
+            codes, tokens = policy.latent_actions(feats, lang)
         if not bool(tokens.isfinite().all()):
             self.report_error('non_finite_outputs', 'latent actions: non-finite tokens; not published')
             return None
