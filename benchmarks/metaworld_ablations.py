@@ -208,7 +208,7 @@ def outcomes(results_json: Path) -> dict:
 
 def aggregate(plan: Plan, per_run: dict) -> list:
     """One row per (variant, K): mean over tasks and seeds, 95% stratified bootstrap interval."""
-    from defi_training.evaluation import bootstrap_mean_interval
+    from defi_sim.evaluation import bootstrap_mean_interval
     rows = []
     for name in plan.variants:
         for k in plan.ks:

@@ -165,7 +165,7 @@ def peer_cfg(defi_cfg, export: Path):
 
 def evaluate(name: str, policy, config, out_dir: Path) -> dict:
     from defi_sim.evaluate import run_inprocess
-    from defi_training.evaluation import summarize, write_results
+    from defi_sim.evaluation import summarize, write_results
     t0 = time.monotonic()
     lines = []
 

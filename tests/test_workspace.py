@@ -100,7 +100,7 @@ def test_every_import_is_a_known_key():
 
 
 @pytest.mark.parametrize('name, dependency', [('defi_sim', 'defi_training'), ('defi_core', 'python3-torch'),
-                                              ('defi_perception', 'std_srvs')])
+                                              ('defi_perception', 'std_srvs'), ('defi_sim', 'python3-scipy')])
 def test_manifest_check_fails_on_a_removed_dependency(name, dependency):
     text = (ROOT / 'src' / name / 'package.xml').read_text()
     line = f'<exec_depend>{dependency}</exec_depend>'

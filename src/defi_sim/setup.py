@@ -16,7 +16,7 @@ setup(
     zip_safe=False,
     maintainer='DeFI for ROS 2 developers',
     maintainer_email='defi@example.org',
-    description='ROS 2 + MuJoCo (Meta-World) simulation node and scripted-expert recording.',
+    description='ROS 2 + MuJoCo (Meta-World) simulation node, scripted-expert recording and closed-loop evaluation.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

@@ -14,7 +14,7 @@ setup(
     zip_safe=False,
     maintainer='DeFI for ROS 2 developers',
     maintainer_email='defi@example.org',
-    description='ROS-free data sources (rosbag2, video, LeRobot v3), episode cache, training stages and evaluation.',
+    description='ROS-free data sources (rosbag2, video, LeRobot v3), episode cache and training stages.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

@@ -15,7 +15,7 @@ from defi_sim.evaluate import (
     sim_cameras_for,
     write_pictures,
 )
-from defi_training.evaluation import load_results, summarize, write_results
+from defi_sim.evaluation import load_results, summarize, write_results
 
 torch.set_num_threads(2)
 

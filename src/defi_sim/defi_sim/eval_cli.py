@@ -3,7 +3,7 @@
     defi-eval --checkpoint models/defi_metaworld --tasks reach push --episodes 10 \
         [--mode ros|inprocess] [--seed 1000] [--out outputs/eval] [--pictures]
 
-Writes <out>/results.json and <out>/results.md (see defi_training.evaluation) and, with --pictures,
+Writes <out>/results.json and <out>/results.md (see defi_sim.evaluation) and, with --pictures,
 <out>/prediction_strip.png and <out>/episode_<task>.mp4. Settings come from the EvalConfig
 dataclass (defi_sim.evaluate): defaults, then an optional --config YAML file, then the flags.
 """
@@ -104,7 +104,7 @@ def _run(args) -> int:
           flush=True)
     from defi_sim.evaluate import checkpoint_chunk_dt, load_eval_policy, run_inprocess, write_pictures
     from defi_sim.evaluate_ros import run_ros
-    from defi_training.evaluation import results_markdown, summarize, write_results
+    from defi_sim.evaluation import results_markdown, summarize, write_results
 
     out = Path(args.out)
     start = time.monotonic()

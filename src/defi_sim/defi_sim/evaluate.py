@@ -20,7 +20,7 @@ observation, so the executor keeps running the previous chunk while the pipeline
 robot) and chunks arrive some observations late; ROS success can therefore be lower than
 in-process success for a policy that needs fast reactions. `chunk_delay` emulates that in-process.
 
-Both return a list of defi_training.evaluation.EpisodeResult and (optionally) pictures.
+Both return a list of defi_sim.evaluation.EpisodeResult and (optionally) pictures.
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def _observation(policy, frames: dict, instruction: str, state):
 def _predict_frames(policy, obs, steps: int) -> list:
     import torch
 
-    from defi_training.evaluation import predicted_frames_for_view
+    from defi_sim.evaluation import predicted_frames_for_view
     if policy.gfdm is None:
         return []
     images = policy.images_from_obs(obs)
@@ -176,8 +176,8 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
     import torch
 
     from defi_core.runtime import Chunk, ChunkSchedule
+    from defi_sim.evaluation import EpisodeResult
     from defi_sim.metaworld_env import MetaWorldSim
-    from defi_training.evaluation import EpisodeResult
 
     cfg = policy.cfg
     if cfg.action_dim != 4:
@@ -269,7 +269,7 @@ def run_inprocess(policy, config: EvalConfig, log: Callable[[str], None] = print
 
 def write_pictures(pictures: dict, policy_cfg, config: EvalConfig, out_dir, log=print) -> list:
     """The prediction strip PNG (all tasks, chosen steps) and one mp4 per task; -> written paths."""
-    from defi_training.evaluation import PredictionRecord, save_prediction_strips, write_video
+    from defi_sim.evaluation import PredictionRecord, save_prediction_strips, write_video
     out = Path(out_dir)
     written = []
     offsets = frame_offsets_steps(policy_cfg, config.chunk_dt_s, config.observation_period_s)

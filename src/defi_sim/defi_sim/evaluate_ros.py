@@ -230,7 +230,7 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     import rclpy
 
     from defi_core.checkpoint import load_config_from
-    from defi_training.evaluation import EpisodeResult
+    from defi_sim.evaluation import EpisodeResult
 
     checkpoint = checkpoint_dir(checkpoint)
     policy_cfg = load_config_from(checkpoint)

@@ -1,7 +1,8 @@
 """Closed-loop evaluation results: statistics, the results JSON + markdown, and the pictures.
 
-ROS-free and simulator-free: the episode runners (defi_sim.evaluate, in-process or through ROS 2)
-produce `EpisodeResult`s; this module turns them into
+ROS-free and simulator-free (it imports neither rclpy nor MuJoCo, so results can be summarized and
+drawn anywhere defi_sim is installed): the episode runners (defi_sim.evaluate, in-process or
+through ROS 2) produce `EpisodeResult`s; this module turns them into
 
     {"tasks": {name: {"success": rate, "ci95": [lo, hi], "episodes": n, "mean_length": steps}},
      "mean_success": rate, "ci95": [lo, hi], "latency_ms": {"median", "p95", "mean", "count"},
@@ -20,7 +21,7 @@ Intervals (95%, computed by scipy.stats):
 
 Pictures: a PNG strip per chosen step (top row: the real frame at t and the GFDM's predicted future
 frames; bottom row: the same real frame and the real frames that followed) and an h264 mp4 of an
-episode written with PyAV (the project's one writer, sources.video.VideoWriter).
+episode written with PyAV (the project's one writer, defi_training.sources.video.VideoWriter).
 """
 from __future__ import annotations
 
@@ -305,11 +306,12 @@ def save_prediction_strips(path, records: Sequence[PredictionRecord], scale: int
 
 
 def write_video(path, frames: Sequence, fps: float = 20.0, scale: int = 1) -> Path:
-    """Write RGB frames (uint8 [H, W, 3], all the same size) as an h264 mp4 (sources.video.VideoWriter).
+    """Write RGB frames (uint8 [H, W, 3], all the same size) as an h264 mp4
+    (defi_training.sources.video.VideoWriter).
 
     yuv420p needs even sizes: odd sizes are padded by one pixel (edge-replicated).
     """
-    from .sources.video import VideoWriter
+    from defi_training.sources.video import VideoWriter
 
     if len(frames) == 0:
         raise ValueError('write_video: no frames')

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from defi_training.evaluation import (
+from defi_sim.evaluation import (
     EpisodeResult,
     PredictionRecord,
     bootstrap_mean_interval,
