@@ -31,7 +31,7 @@ TARGET_FRAMES_PER_S = 1500
 def _raw_read(bag: Path) -> tuple[float, int]:
     from rosbags.rosbag2 import Reader
 
-    from defi_core.msg_types import typestore
+    from defi_training.sources.msg_types import typestore
     store = typestore()
     t0 = time.perf_counter()
     frames = 0

@@ -180,6 +180,12 @@ def test_ros_free_packages_import_no_ros_package(name):
     assert {m: w for m, w in top_level_imports(ROOT / 'src' / name).items() if m not in allowed} == {}
 
 
+def test_core_does_no_bag_io():
+    """defi_core is the model package: bag I/O (rosbags and its typestores) lives with the bag reader
+    in defi_training.sources."""
+    assert 'rosbags' not in top_level_imports(ROOT / 'src' / 'defi_core')
+
+
 def run_setup(tree, env):
     start = time.monotonic()
     proc = subprocess.run(['bash', 'scripts/setup.sh'], cwd=tree, env=env, capture_output=True,

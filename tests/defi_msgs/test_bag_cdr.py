@@ -3,7 +3,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from defi_core.msg_types import typestore
+from defi_training.sources.msg_types import typestore
 from sample_messages import make_samples, to_plain
 
 MSG_NAMES = ['ForwardFeatures', 'LatentActions', 'ActionChunk', 'PolicyStatus', 'TaskState']

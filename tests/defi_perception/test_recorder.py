@@ -18,8 +18,8 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from defi_core.msg_types import typestore  # noqa: E402
 from defi_msgs.msg import ActionChunk  # noqa: E402
+from defi_training.sources.msg_types import typestore  # noqa: E402
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,

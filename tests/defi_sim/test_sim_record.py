@@ -11,7 +11,7 @@ import yaml
 pytest.importorskip('rclpy')
 from rosbags.rosbag2 import Reader  # noqa: E402
 
-from defi_core.msg_types import typestore  # noqa: E402
+from defi_training.sources.msg_types import typestore  # noqa: E402
 
 
 def read_bag(path):

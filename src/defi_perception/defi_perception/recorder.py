@@ -45,7 +45,7 @@ STAGING_DIR = '.partial'  # episodes being written live in <out>/.partial/<name>
 
 def _typestore():
     """A rosbags typestore with the defi_msgs types, plus types found in installed .msg files."""
-    from defi_core.msg_types import typestore
+    from defi_training.sources.msg_types import typestore
     return typestore()
 
 

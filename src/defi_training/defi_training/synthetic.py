@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from defi_core.image_codec import encode_image
-from defi_core.msg_types import typestore
+from defi_training.sources.msg_types import typestore
 
 if TYPE_CHECKING:
     from rosbags.interfaces import Connection

@@ -13,12 +13,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from defi_core import msg_types
 from defi_core.image_codec import ImageDecodeError, decode_compressed, decode_image, resize_image
 from defi_core.timesync import asof_indices, find_gaps, fixed_rate_times
 
 from ..topic_map import TopicMap
-from . import Episode, Report
+from . import Episode, Report, msg_types
 
 __all__ = ['BadData', 'make_typestore', 'defi_msgs_dir', 'read_bag', 'IMAGE_TYPES', 'STATE_TYPES',
            'ACTION_TYPES']
@@ -37,7 +36,7 @@ class BadData(ValueError):
     """The input cannot be used; the message says why (it becomes the skip line)."""
 
 
-# defi_core's shared, cached typestore (with defi_msgs registered) and msg folder, under the names
+# the shared, cached typestore of sources.msg_types (with defi_msgs registered) and msg folder, under the names
 # this module has always offered
 make_typestore = msg_types.typestore
 defi_msgs_dir = msg_types.defi_msgs_dir

@@ -1,4 +1,7 @@
-"""rosbags typestores that know the defi_msgs interfaces (ROS-free: reads the .msg files)."""
+"""rosbags typestores that know the defi_msgs interfaces (ROS-free: reads the .msg files).
+
+Bag I/O, so it lives with the bag reader (sources.rosbag); the bag recorder (defi_perception) and
+the tests that read bags use it too."""
 from __future__ import annotations
 
 import os
@@ -20,7 +23,8 @@ def defi_msgs_dir() -> Path:
         candidate = Path(prefix) / 'share' / 'defi_msgs' / 'msg'
         if prefix and candidate.is_dir():
             return candidate
-    candidate = Path(__file__).resolve().parents[2] / 'defi_msgs' / 'msg'
+    # src/defi_training/defi_training/sources/msg_types.py -> src/defi_msgs/msg
+    candidate = Path(__file__).resolve().parents[3] / 'defi_msgs' / 'msg'
     if candidate.is_dir():
         return candidate
     raise FileNotFoundError(
