@@ -5,8 +5,8 @@ import torch
 from defi_core.checkpoint import load_state_into, save_checkpoint
 from defi_core.config import preset
 from defi_core.policy import DefiPolicy
+from defi_training.model_setup import gfdm_stage_settings
 from defi_training.train_config import load_train_config
-from defi_training.train_support import gfdm_stage_settings
 
 torch.set_num_threads(1)
 

@@ -17,11 +17,12 @@ from defi_training.checkpointing import (
     restore_rng_state,
     save_run_checkpoint,
 )
+from defi_training.data_loading import open_cache
 from defi_training.distributed import ResumableBatchSampler, fixed_batches
+from defi_training.model_setup import use_bf16_autocast
 from defi_training.train import lr_at
 from defi_training.train_cli import main as train_main
 from defi_training.train_config import ConfigError, TrainConfig, apply_overrides, load_train_config, save_train_config
-from defi_training.train_support import open_cache, use_bf16_autocast
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)

@@ -10,9 +10,12 @@ A run checkpoint is a directory `run_dir/checkpoints/step_XXXXXXXX/`:
 
 It is written into a hidden temporary directory that is renamed into place with os.replace, so a
 process killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+`load_run_weights` puts a run checkpoint's weights back into the live policy; `isolated_rng` runs a
+block under a fixed seed and restores every RNG state afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,8 +28,9 @@ import torch
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import load_file, save
 
-from defi_core.checkpoint import error_at_destination, save_tensors
+from defi_core.checkpoint import error_at_destination, load_state_into, save_tensors
 from defi_core.files import remove_stale_temporaries, replace_directory
+from defi_training.distributed import seed_everything
 
 CKPT_PREFIX = 'step_'
 TRAINER_STATE = 'trainer_state.json'
@@ -68,6 +72,18 @@ def restore_rng_state(blob: bytes) -> None:
     py_meta = json.loads(meta['python'])
     py_state = tuple(int(x) for x in tensors['python.state'].tolist())
     random.setstate((py_meta['version'], py_state, py_meta['gauss_next']))
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int):
+    """Run a block under a fixed seed and put every RNG state back afterwards (validation and the
+    TensorBoard images, so they never shift the training noise)."""
+    saved = capture_rng_state()
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        restore_rng_state(saved)
 
 
 def _safetensors_metadata_from_bytes(blob: bytes) -> dict:
@@ -191,6 +207,15 @@ def load_run_checkpoint(path: str | Path, rank: int = 0) -> dict:
                                 f'{trainer_state.get("world_size")}); resume with the same number of processes')
     return {'trainer_state': trainer_state, 'optimizer': optimizer_state_from_files(opt_tensors, opt_meta),
             'rng': rng_file.read_bytes(), 'path': path}
+
+
+def load_run_weights(policy, ckpt_dir: Path, stage: str) -> None:
+    """Exact weights of a run checkpoint back into the live policy (strict): the whole policy's
+    model.safetensors (finetune), or the stage's component (gfdm / gidm) through defi_core."""
+    if stage == 'finetune':
+        policy.load_state_dict(load_file(str(Path(ckpt_dir) / 'model.safetensors')), strict=True)
+    else:
+        load_state_into(policy, ckpt_dir, stage)
 
 
 def _write_json(path: Path, data: dict) -> None:

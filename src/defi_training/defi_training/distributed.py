@@ -6,6 +6,7 @@ A plain `defi-train ...` runs as a single process (world size 1) with the same c
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -194,3 +195,27 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % (2 ** 32)
     np.random.seed(s)
     random.seed(s)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DDP: state outside autograd, and a check that every rank holds the same weights
+
+
+def sync_non_gradient_state(policy, info: DistInfo) -> None:
+    """DDP keeps gradients in sync; GIDM's VQ also edits its codebook and usage EMA outside autograd
+    (dead-code restarts from each rank's own batch), so rank 0's values are broadcast after each step."""
+    if not info.distributed:
+        return
+    for module in policy.modules():
+        if hasattr(module, 'non_gradient_state'):   # the VQ: codebook, usage, centre, init flag
+            for t in module.non_gradient_state():
+                dist.broadcast(t, src=0)
+
+
+def weights_digest(policy) -> str:
+    """sha256 over every parameter and buffer (to show all DDP ranks hold the same weights)."""
+    h = hashlib.sha256()
+    for name, t in sorted(policy.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

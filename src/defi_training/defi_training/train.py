@@ -12,8 +12,10 @@ checkpoint) -> final export. Exact resume rests on three things saved in every r
 weights + optimizer state, every RNG state (torch, cuda, numpy, python; per rank), and the data
 position, which is a pure function of the step (see distributed.ResumableBatchSampler). Validation
 and image sampling run under their own fixed seed and put the RNG states back afterwards, so they
-never shift the training noise. The helpers (data and model setup, DDP state sync, export, the
-TensorBoard images) are in train_support.py.
+never shift the training noise. The helpers live in modules named for what they do: data_loading.py
+(cache, datasets, loaders), model_setup.py (model config, policy, stage weights, trainable parameters,
+the stage's loss), export.py, checkpointing.py (run checkpoints, RNG states), distributed.py (DDP,
+including the state outside autograd) and tensorboard_images.py.
 """
 from __future__ import annotations
 
@@ -30,10 +32,20 @@ from torch import nn
 
 from defi_training.checkpointing import (
     capture_rng_state,
+    isolated_rng,
     latest_checkpoint,
     load_run_checkpoint,
+    load_run_weights,
     restore_rng_state,
     save_run_checkpoint,
+)
+from defi_training.data_loading import (
+    check_data_order,
+    make_datasets,
+    make_train_loader,
+    make_val_loader,
+    open_cache,
+    to_device,
 )
 from defi_training.distributed import (
     DistInfo,
@@ -45,30 +57,22 @@ from defi_training.distributed import (
     get_logger,
     init_distributed,
     seed_everything,
+    sync_non_gradient_state,
+    weights_digest,
 )
-from defi_training.train_config import TrainConfig, save_train_config
-from defi_training.train_support import (
+from defi_training.export import export_policy
+from defi_training.model_setup import (
     StageObjective,
     build_model_config,
     build_policy,
     cache_stats,
-    check_data_order,
-    export_policy,
-    isolated_rng,
-    load_run_weights,
     load_stage_weights,
-    log_sample_images,
-    make_datasets,
-    make_train_loader,
-    make_val_loader,
-    open_cache,
     select_trainable,
     set_train_mode,
-    sync_non_gradient_state,
-    to_device,
     use_bf16_autocast,
-    weights_digest,
 )
+from defi_training.tensorboard_images import log_sample_images
+from defi_training.train_config import TrainConfig, save_train_config
 
 __all__ = ['train', 'lr_at', 'validate', 'open_cache', 'use_bf16_autocast', 'default_run_dir']
 
