@@ -57,11 +57,12 @@ class DefiPolicy(nn.Module):
         self.text_encoder = text_encoder or make_text_encoder(cfg.text_encoder, cfg.text_dim)
         if text_encoder is not None and getattr(text_encoder, 'dim', cfg.text_dim) != cfg.text_dim:
             raise ValueError(f'text encoder gives {text_encoder.dim}-d embeddings but cfg.text_dim={cfg.text_dim}')
+        # exactly one of the two backbones exists (cfg.backbone)
+        self.gfdm: GFDM | None = None
+        self.image_encoder: ScratchImageEncoder | None = None
         if cfg.backbone == 'gfdm':
             self.gfdm = GFDM(cfg, self.text_encoder)
-            self.image_encoder = None
         else:
-            self.gfdm = None
             self.image_encoder = ScratchImageEncoder(cfg)
         self.coupling = Coupling(cfg) if cfg.idm_type != 'none' else None
         self.gidm = GIDM(cfg, self.text_encoder) if cfg.idm_type == 'gidm' else None
@@ -145,6 +146,7 @@ class DefiPolicy(nn.Module):
         """images [B, V, 3, H, W] uint8 or float in [0,1] -> features [B, T, N, C]."""
         lang = self._lang(lang)
         if self.gfdm is None:
+            assert self.image_encoder is not None        # __init__ makes one of the two
             return self.image_encoder(images)
         if self.cfg.gfdm_trainable and torch.is_grad_enabled():
             return self.gfdm.features(images, lang)
