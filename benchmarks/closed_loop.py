@@ -117,7 +117,7 @@ class Recorder:
 
         from defi_msgs.action import ExecuteInstruction
         from defi_msgs.msg import ActionChunk, PolicyStatus
-        from defi_perception import qos
+        from defi_ros import qos
 
         self.node = Node('closed_loop_bench', context=context)
         self.executor = SingleThreadedExecutor(context=context)

@@ -137,8 +137,8 @@ def through_ros(mode: str, params: Path, cfg, seconds: float, startup_timeout: f
     from std_msgs.msg import String
 
     from defi_msgs.msg import ActionChunk, PolicyStatus
-    from defi_perception import qos
-    from defi_perception.conversions import rgb_to_image_msg, stamp_to_ns
+    from defi_ros import qos
+    from defi_ros.conversions import rgb_to_image_msg, stamp_to_ns
 
     procs = start_processes(mode, params)
     ctx = rclpy.Context()

@@ -285,12 +285,12 @@ def bringup_values(files) -> dict:
     from rclpy.node import Node
 
     from defi_perception.forward_predictor_node import ForwardPredictorNode
-    from defi_perception.params import declare_params
     from defi_policy.action_decoder_node import ActionDecoderNode
     from defi_policy.bringup import BringupParams
     from defi_policy.chunk_executor_node import ChunkExecutorNode
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
     from defi_policy.latent_action_encoder_node import LatentActionEncoderNode
+    from defi_ros.params import declare_params
     args = ['--ros-args']
     for f in files:
         args += ['--params-file', str(f)]

@@ -14,7 +14,7 @@ setup(
     zip_safe=False,
     maintainer='DeFI for ROS 2 developers',
     maintainer_email='defi@example.org',
-    description='ROS 2 image conversion, camera sync and the forward-dynamics predictor node.',
+    description='The forward-dynamics predictor node and the defi-record bag recorder, built on defi_ros.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

@@ -31,8 +31,8 @@ def test_two_cameras_as_of_sync_features_and_predicted_strip(ros_context, spin, 
     from std_msgs.msg import String
 
     from defi_msgs.msg import ForwardFeatures, PolicyStatus
-    from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode
+    from defi_ros import qos
     # by name, in another order than the checkpoint's cameras
     node = ForwardPredictorNode(policy=two_camera_policy, context=ros_context, parameter_overrides=params(
         camera_topics=['wrist=cam/wrist/image_raw/compressed', 'front=cam/front/image_raw'],

@@ -19,7 +19,7 @@ def test_bringup_process_runs_the_pipeline(ros_context, spin, tiny_checkpoint, t
     from std_msgs.msg import String
 
     from defi_msgs.msg import ActionChunk, PolicyStatus
-    from defi_perception import qos
+    from defi_ros import qos
     params = tmp_path / 'params.yaml'
     params.write_text(f"""
 /**:

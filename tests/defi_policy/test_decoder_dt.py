@@ -39,9 +39,9 @@ def _one_chunk(ros_context, spin, policy, node_params):
     import torch
 
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
-    from defi_perception import qos
-    from defi_perception.conversions import features_to_msg, latent_to_msg
     from defi_policy.action_decoder_node import ActionDecoderNode
+    from defi_ros import qos
+    from defi_ros.conversions import features_to_msg, latent_to_msg
     node = ActionDecoderNode(context=ros_context, parameter_overrides=params(max_age_s=5.0, **node_params))
     probe = Probe(ros_context)
     probe.listen(ActionChunk, 'defi/action_chunk', qos.RELIABLE)

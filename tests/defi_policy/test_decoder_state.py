@@ -14,9 +14,9 @@ def test_decoder_needs_joint_states_when_the_checkpoint_has_state(ros_context, s
     from sensor_msgs.msg import JointState
 
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
-    from defi_perception import qos
-    from defi_perception.conversions import features_to_msg, latent_to_msg
     from defi_policy.action_decoder_node import ActionDecoderNode
+    from defi_ros import qos
+    from defi_ros.conversions import features_to_msg, latent_to_msg
     policy = make_tiny_policy(state_dim=2)
     node = ActionDecoderNode(policy=policy, context=ros_context, parameter_overrides=params(
         state_names=['elbow', 'shoulder'], action_names=['x', 'y', 'z', 'g'], action_dt=0.05,
@@ -70,8 +70,8 @@ def test_fused_bringup_stages_read_joint_states_too(ros_context, spin):
     from std_msgs.msg import String
 
     from defi_msgs.msg import ActionChunk
-    from defi_perception import qos
     from defi_policy.bringup import build_nodes, start_nodes
+    from defi_ros import qos
     nodes = build_nodes(make_tiny_policy(state_dim=2), with_action_server=False, context=ros_context,
                         parameter_overrides=params(state_names=['elbow', 'shoulder'], max_age_s=5.0,
                                                    preview_rate_hz=0.0))

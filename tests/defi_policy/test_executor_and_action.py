@@ -11,15 +11,15 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def chunk_msg(probe, actions, names, dt=0.1, age_s=0.0):
-    from defi_perception.conversions import chunk_to_msg
+    from defi_ros.conversions import chunk_to_msg
     stamp = probe.node.get_clock().now().nanoseconds - int(age_s * 1e9)
     return chunk_to_msg(np.asarray(actions, np.float32), stamp, dt, names, 'task')
 
 
 def run_executor(ros_context, spin, mode, listen, extra=None, send=None, wait=None):
     from defi_msgs.msg import ActionChunk
-    from defi_perception import qos
     from defi_policy.chunk_executor_node import ChunkExecutorNode
+    from defi_ros import qos
     node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
         output_mode=mode, control_rate_hz=20.0, max_age_s=2.0, **(extra or {})))
     probe = Probe(ros_context)
@@ -117,9 +117,9 @@ def test_action_goal_accepted_feedback_and_cancel_stops(ros_context, spin):
 
     from defi_msgs.action import ExecuteInstruction
     from defi_msgs.msg import ActionChunk
-    from defi_perception import qos
     from defi_policy.chunk_executor_node import ChunkExecutorNode
     from defi_policy.execute_instruction_server import ExecuteInstructionServer
+    from defi_ros import qos
 
     server = ExecuteInstructionServer(context=ros_context,
                                       parameter_overrides=params(feedback_rate_hz=10.0))
@@ -182,8 +182,8 @@ def test_action_goal_accepted_feedback_and_cancel_stops(ros_context, spin):
 
 def test_missing_checkpoint_is_reported_and_the_node_keeps_running(ros_context, spin, tiny_checkpoint):
     from defi_msgs.msg import PolicyStatus
-    from defi_perception import qos
     from defi_policy.action_decoder_node import ActionDecoderNode
+    from defi_ros import qos
     node = ActionDecoderNode(context=ros_context, parameter_overrides=params(
         checkpoint='/nonexistent/ckpt', status_rate_hz=20.0))
     probe = Probe(ros_context)

@@ -17,8 +17,8 @@ def control_periods_ns(node, status_period_ns):
 def test_reconfigure_applies_a_new_command_topic_and_rate(ros_context, spin):
     from geometry_msgs.msg import TwistStamped
 
-    from defi_perception import qos
     from defi_policy.chunk_executor_node import ChunkExecutorNode
+    from defi_ros import qos
     node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
         output_mode='twist', twist_topic='lc/cmd_a', control_rate_hz=10.0, status_rate_hz=4.0))
     probe = Probe(ros_context)

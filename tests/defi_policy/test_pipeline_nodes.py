@@ -17,8 +17,8 @@ def pipeline(request, ros_context, tiny_policy):
     from std_msgs.msg import String
 
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions, PolicyStatus
-    from defi_perception import qos
     from defi_policy.bringup import build_nodes, start_nodes
+    from defi_ros import qos
 
     overrides = params(status_rate_hz=10.0, preview_rate_hz=2.0, preview_steps=2, max_age_s=0.6,
                        control_rate_hz=10.0)
@@ -106,7 +106,7 @@ def test_malformed_inputs_are_counted_and_never_reach_the_robot(pipeline, spin):
     from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
 
-    from defi_perception import qos
+    from defi_ros import qos
     probe, ex, nodes = pipeline
     comp = probe.publisher(CompressedImage, 'camera/image_raw/compressed', qos.SENSOR)  # noqa: F841
     probe.pubs['instruction'].publish(String(data='   '))       # empty instruction

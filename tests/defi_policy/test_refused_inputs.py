@@ -19,9 +19,9 @@ def test_joint_state_with_more_positions_than_the_state_is_refused(ros_context, 
     from sensor_msgs.msg import JointState
 
     from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
-    from defi_perception import qos
-    from defi_perception.conversions import features_to_msg, latent_to_msg
     from defi_policy.action_decoder_node import ActionDecoderNode
+    from defi_ros import qos
+    from defi_ros.conversions import features_to_msg, latent_to_msg
     policy = make_tiny_policy(state_dim=2)
     node = ActionDecoderNode(policy=policy, context=ros_context, parameter_overrides=params(max_age_s=5.0))
     probe = Probe(ros_context)
@@ -69,9 +69,9 @@ def test_joint_state_with_more_positions_than_the_state_is_refused(ros_context, 
 
 def test_chunk_of_another_dimension_or_names_is_not_passed_to_the_robot(ros_context, spin):
     from defi_msgs.msg import ActionChunk
-    from defi_perception import qos
-    from defi_perception.conversions import chunk_to_msg
     from defi_policy.chunk_executor_node import ChunkExecutorNode
+    from defi_ros import qos
+    from defi_ros.conversions import chunk_to_msg
     node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
         output_mode='passthrough', control_rate_hz=20.0, action_names=['x', 'y', 'z', 'gripper']))
     probe = Probe(ros_context)
@@ -105,8 +105,8 @@ def cdr_string(data: bytes) -> bytes:
 def test_instruction_with_invalid_utf8_nul_or_1mb_is_refused(ros_context, spin, tiny_policy):
     from std_msgs.msg import String
 
-    from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode
+    from defi_ros import qos
     node = ForwardPredictorNode(policy=tiny_policy, context=ros_context,
                                 parameter_overrides=params(preview_rate_hz=0.0))
     probe = Probe(ros_context)

@@ -12,7 +12,7 @@ NAMES = ['x', 'y', 'z', 'g']
 
 
 def chunk(stamp_ns, value=0.5, horizon=40, dt=0.025):
-    from defi_perception.conversions import chunk_to_msg
+    from defi_ros.conversions import chunk_to_msg
     return chunk_to_msg(np.full((horizon, 4), value, np.float32), stamp_ns, dt, NAMES, 'task')
 
 
@@ -22,8 +22,8 @@ def is_stop(msg):
 
 def executor_and_probe(ros_context, **extra):
     from defi_msgs.msg import ActionChunk
-    from defi_perception import qos
     from defi_policy.chunk_executor_node import ChunkExecutorNode
+    from defi_ros import qos
     node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
         output_mode='passthrough', control_rate_hz=40.0, max_age_s=1.0, **extra))
     probe = Probe(ros_context)
@@ -54,7 +54,7 @@ def test_chunk_stamped_in_the_future_is_refused_and_later_chunks_still_run(ros_c
 def test_sim_clock_jumping_back_commands_a_stop_and_fresh_chunks_resume(ros_context, spin):
     from rosgraph_msgs.msg import Clock
 
-    from defi_perception.conversions import ns_to_stamp
+    from defi_ros.conversions import ns_to_stamp
     node, probe, pub = executor_and_probe(ros_context, use_sim_time=True)
     clock_pub = probe.publisher(Clock, '/clock', 10)
     ex = make_executor(ros_context, [node, probe.node])
@@ -125,8 +125,8 @@ def test_camera_frame_stamped_in_the_future_does_not_block_good_frames(ros_conte
     from std_msgs.msg import String
 
     from defi_msgs.msg import ForwardFeatures
-    from defi_perception import qos
     from defi_perception.forward_predictor_node import ForwardPredictorNode
+    from defi_ros import qos
     node = ForwardPredictorNode(policy=tiny_policy, context=ros_context, parameter_overrides=params(
         preview_rate_hz=0.0, max_age_s=2.0))
     probe = Probe(ros_context)

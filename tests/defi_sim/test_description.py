@@ -180,7 +180,7 @@ def test_rviz_and_the_sim_parameters_name_frames_the_sim_publishes(sim):
     import yaml
 
     from defi_perception.forward_predictor_node import ForwardPredictorParams
-    from defi_perception.node_base import CommonParams
+    from defi_ros.params import CommonParams
     from defi_sim.sim_node import SimNodeConfig
     root = Path(__file__).resolve().parents[2]
     frames = set(SceneFrames(sim.model, sim.data, sim.cameras).frame_names())

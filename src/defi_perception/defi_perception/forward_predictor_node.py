@@ -28,9 +28,9 @@ from defi_core.runtime.camera_sync import CameraSync
 from defi_core.runtime.inputs import DEFAULT_MAX_INSTRUCTION_CHARS, check_instruction
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, PolicyStatus
-
-from . import qos
-from .conversions import (
+from defi_ros import qos
+from defi_ros.bootstrap import run_node
+from defi_ros.conversions import (
     features_to_msg,
     image_msg_to_rgb,
     is_compressed_topic,
@@ -38,8 +38,9 @@ from .conversions import (
     stamp_to_ns,
     string_from_cdr,
 )
-from .node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
-from .params import param
+from defi_ros.lifecycle import DefiNode
+from defi_ros.model import ModelParams, model_call, warm_up_features
+from defi_ros.params import param
 
 
 def camera_topic_map(entries: Sequence[str], cameras: Sequence[str]) -> Tuple[Dict[str, str], bool]:

@@ -37,7 +37,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from .params import declare_params, param
+from defi_ros.params import declare_params, param
 
 INSTRUCTION_TOPIC = 'instruction'
 STAGING_DIR = '.partial'  # episodes being written live in <out>/.partial/<name>

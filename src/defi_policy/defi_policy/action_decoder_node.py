@@ -22,10 +22,12 @@ from defi_core.checkpoint import checkpoint_facts
 from defi_core.runtime.safety import all_finite
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ActionChunk, ForwardFeatures, LatentActions
-from defi_perception import qos
-from defi_perception.conversions import chunk_to_msg, latent_from_msg, policy_features_from_msg, stamp_to_ns
-from defi_perception.node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
-from defi_perception.params import param
+from defi_ros import qos
+from defi_ros.bootstrap import run_node
+from defi_ros.conversions import chunk_to_msg, latent_from_msg, policy_features_from_msg, stamp_to_ns
+from defi_ros.lifecycle import DefiNode
+from defi_ros.model import ModelParams, model_call, warm_up_features
+from defi_ros.params import param
 
 PAIRING_WINDOW = 8   # stamps kept while waiting for the matching features / latent actions
 FALLBACK_DT_S = 0.1  # chunk dt when neither the parameter nor the checkpoint gives one

@@ -19,8 +19,9 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 
 from defi_perception.forward_predictor_node import ForwardPredictorNode
-from defi_perception.node_base import init_ros, load_checkpoint_policy, shutdown_nodes
-from defi_perception.params import declare_params, param, warn_unknown_parameters
+from defi_ros.bootstrap import init_ros, shutdown_nodes
+from defi_ros.model import load_checkpoint_policy
+from defi_ros.params import declare_params, param, warn_unknown_parameters
 
 from .action_decoder_node import ActionDecoderNode
 from .chunk_executor_node import ChunkExecutorNode

@@ -31,10 +31,11 @@ from defi_core.runtime.outputs import joint_positions, resolve_twist_axes, twist
 from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
 from defi_core.runtime.timing import BackJumpDetector
 from defi_msgs.msg import ActionChunk, PolicyStatus
-from defi_perception import qos
-from defi_perception.conversions import chunk_from_msg, chunk_to_msg
-from defi_perception.node_base import CommonParams, DefiNode, run_node
-from defi_perception.params import param
+from defi_ros import qos
+from defi_ros.bootstrap import run_node
+from defi_ros.conversions import chunk_from_msg, chunk_to_msg
+from defi_ros.lifecycle import DefiNode
+from defi_ros.params import CommonParams, param
 
 OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough')
 

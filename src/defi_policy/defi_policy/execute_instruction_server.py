@@ -18,10 +18,11 @@ from std_msgs.msg import Bool, String
 from defi_core.runtime.inputs import DEFAULT_MAX_INSTRUCTION_CHARS, check_instruction
 from defi_msgs.action import ExecuteInstruction
 from defi_msgs.msg import ActionChunk
-from defi_perception import qos
-from defi_perception.conversions import stamp_to_ns
-from defi_perception.node_base import CommonParams, DefiNode, run_node
-from defi_perception.params import param
+from defi_ros import qos
+from defi_ros.bootstrap import run_node
+from defi_ros.conversions import stamp_to_ns
+from defi_ros.lifecycle import DefiNode
+from defi_ros.params import CommonParams, param
 
 CANCEL_POLL_S = 0.05   # how often a running goal looks for a cancel request
 

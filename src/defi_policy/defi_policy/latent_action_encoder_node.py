@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from defi_core.runtime.worker import LatestWorker
 from defi_msgs.msg import ForwardFeatures, LatentActions
-from defi_perception import qos
-from defi_perception.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
-from defi_perception.node_base import DefiNode, ModelParams, model_call, run_node, warm_up_features
-from defi_perception.params import param
+from defi_ros import qos
+from defi_ros.bootstrap import run_node
+from defi_ros.conversions import latent_to_msg, policy_features_from_msg, stamp_to_ns
+from defi_ros.lifecycle import DefiNode
+from defi_ros.model import ModelParams, model_call, warm_up_features
+from defi_ros.params import param
 
 
 @dataclass

@@ -5,7 +5,7 @@ import rclpy
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 
-from defi_perception.params import warn_unknown_parameters
+from defi_ros.params import warn_unknown_parameters
 
 
 def spin_node(node_cls, args=None) -> None:

@@ -56,7 +56,7 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from defi_msgs.msg import ActionChunk, TaskState
-from defi_perception.params import param
+from defi_ros.params import param
 from defi_sim.description import SceneFrames, camera_frame
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
 from defi_sim.ros_main import spin_node

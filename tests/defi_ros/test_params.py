@@ -18,7 +18,7 @@ def declared(ros_context, **overrides):
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
-    from defi_perception.params import declare_params
+    from defi_ros.params import declare_params
     node = Node('params_probe', context=ros_context,
                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     try:

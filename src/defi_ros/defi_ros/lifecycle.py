@@ -1,33 +1,23 @@
-"""What every DeFI node shares: typed parameters, the model, PolicyStatus + diagnostics, errors.
-
-Each DeFI node is an rclpy lifecycle node (rclpy.lifecycle exists from Humble on):
-configure = load the checkpoint (or take the policy object shared by defi_bringup) and warm up,
-activate = start processing. Status and diagnostics publishers are plain (not lifecycle-managed),
-so a node whose configure failed (e.g. a checkpoint that does not exist) still reports why.
+"""The lifecycle base of every DeFI node (`DefiNode`, an rclpy lifecycle node; rclpy.lifecycle exists
+from Humble on): configure = read the parameters, load the checkpoint (or take the policy object
+shared by defi_bringup), create the node's entities and warm up; activate = start processing;
+cleanup = destroy what configure made. Status and diagnostics publishers are plain (not
+lifecycle-managed), so a node whose configure failed (e.g. a checkpoint that does not exist) still
+reports why. Beside it in defi_ros: params (CommonParams), model (ModelParams, checkpoint loading,
+model_call), status (diagnostics, marker), qos, conversions and bootstrap (run_node).
 """
 from __future__ import annotations
 
-import contextlib
-import faulthandler
-import os
-import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.publisher import Publisher
-from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from visualization_msgs.msg import Marker
@@ -37,80 +27,15 @@ from defi_core.runtime.timing import clock_mismatch, future_s, is_wall_clock
 from defi_msgs.msg import PolicyStatus
 
 from . import qos
-from .params import declare_params, param, read_params, warn_unknown_parameters
+from .model import ModelParams, load_checkpoint_policy
+from .params import declare_params, read_params
+from .status import diagnostics, status_marker
 
 if TYPE_CHECKING:   # annotations only: importing a node must not load torch and the model code
     from defi_core.policy import DefiPolicy
     from defi_core.runtime.worker import LatestWorker
 
-__all__ = ['CommonParams', 'ModelParams', 'DefiNode', 'load_checkpoint_policy', 'run_node', 'init_ros',
-           'shutdown_nodes', 'model_call', 'warm_up_features']
-
-# One model call at a time per process. The stages of one observation run one after the other
-# anyway; letting the worker threads of several nodes call torch concurrently in one process made
-# single calls stall for up to 1.2 s (base preset, 2 cores: p95 of decode 219 ms -> 28 ms with
-# this lock, dropped frames 15 -> 0 in 20 s at 10 Hz).
-MODEL_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def model_call():
-    """Serialise model inference in this process and run it without autograd."""
-    import torch
-    with MODEL_LOCK, torch.inference_mode():
-        yield
-
-
-def warm_up_features(policy):
-    """(features, lang) of one black frame per camera and a dummy instruction: the first stage's
-    warm-up and the input of the later stages' warm-up. Call it inside model_call()."""
-    import torch
-    cfg = policy.cfg
-    images = torch.zeros(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
-    lang = policy.encode_instruction(['warm up'])
-    return policy.forward_features(images, lang), lang
-
-
-@dataclass
-class CommonParams:
-    """Parameters of every DeFI node."""
-    status_topic: str = param('defi/status', 'topic of the PolicyStatus messages (best effort)')
-    status_rate_hz: float = param(2.0, 'PolicyStatus, /diagnostics and status marker rate (Hz)',
-                                  min=0.0, max=100.0)
-    status_marker_frame: str = param('base_link', "frame of the RViz text marker on "
-                                     "defi/status_marker; '' = no marker")
-    max_future_s: float = param(0.5, 'inputs stamped further than this ahead of the clock are refused; '
-                                'a clock jump back by more than this resets the buffers (s, >= 0)')
-    autostart: bool = param(True, 'configure and activate on start when run as an executable')
-
-
-@dataclass
-class ModelParams(CommonParams):
-    """Parameters of the nodes that load a model (forward predictor, latent-action encoder,
-    action decoder; in defi_bringup the model is loaded once and shared)."""
-    checkpoint: str = param('', 'checkpoint directory (config.json + model.safetensors)')
-    device: str = param('cpu', 'torch device of the model (cpu, cuda, cuda:1, ...)')
-    # 0 = auto (defi_core.threads): the CPUs this process may use less one, at most 4, so the
-    # message threads and the work beside the model keep a core (more intra-op threads than free
-    # cores were 20x slower per chunk on a loaded 2-core machine)
-    torch_threads: int = param(0, 'torch intra-op threads of this process; 0 = auto: the CPUs this '
-                               'process may use (affinity) less one, at most 4; OMP_NUM_THREADS wins',
-                               min=0, max=1024)
-
-
-def load_checkpoint_policy(path: str, device: str = 'cpu', torch_threads: int = 0):
-    """Load a DefiPolicy from a checkpoint directory; errors name the 'checkpoint' parameter."""
-    if not path:
-        raise ValueError("parameter 'checkpoint' is empty: set it to a checkpoint directory")
-    ckpt = Path(path).expanduser()
-    if not ckpt.exists():
-        raise FileNotFoundError(f"parameter 'checkpoint': {ckpt} does not exist")
-    from defi_core.threads import set_torch_threads
-    set_torch_threads(int(torch_threads))
-    from defi_core.checkpoint import load_policy
-    policy = load_policy(str(ckpt), device=device)
-    policy.eval()
-    return policy
+__all__ = ['DefiNode']
 
 
 class DefiNode(LifecycleNode):
@@ -366,103 +291,10 @@ class DefiNode(LifecycleNode):
         return msg
 
     def publish_status(self) -> None:
+        """PolicyStatus on status_topic, its /diagnostics entry and (with status_marker_frame) the
+        RViz text marker (defi_ros.status)."""
         msg = self.status_message()
         self._status_pub.publish(msg)
-        level = DiagnosticStatus.OK
-        if msg.state == PolicyStatus.STATE_ERROR:
-            level = DiagnosticStatus.ERROR
-        elif msg.errors_total or msg.state == PolicyStatus.STATE_STOPPED:
-            level = DiagnosticStatus.WARN
-        diag = DiagnosticStatus(level=level, name=f'defi: {msg.node_name}',
-                                hardware_id='defi', message=msg.last_error or 'ok')
-        diag.values = [KeyValue(key=k, value=str(getattr(msg, k))) for k in (
-            'state', 'features_ms', 'latent_ms', 'decode_ms', 'chunk_ms', 'queue_depth',
-            'dropped_frames', 'stale_steps_dropped', 'stops_commanded', 'malformed_inputs',
-            'non_finite_outputs', 'stale_observations', 'errors_total')]
-        snap = self.counters.snapshot()
-        diag.values += [KeyValue(key=k, value=str(snap[k])) for k in ('future_stamps', 'clock_jumps')]
-        arr = DiagnosticArray()
-        arr.header.stamp = msg.header.stamp
-        arr.status = [diag]
-        self._diag_pub.publish(arr)
+        self._diag_pub.publish(diagnostics(msg, self.counters.snapshot()))
         if self._marker_pub is not None:
-            self._marker_pub.publish(self._status_marker(msg))
-
-    _STATE_NAMES = {0: 'unconfigured', 1: 'idle', 2: 'running', 3: 'STOPPED', 4: 'ERROR'}
-
-    def _status_marker(self, msg: PolicyStatus) -> Marker:
-        m = Marker(type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, ns='defi_status',
-                   id=self.status_row)
-        m.header.frame_id = self.params.status_marker_frame
-        m.header.stamp = msg.header.stamp
-        m.pose.position.z = 1.0 + 0.07 * (5 - self.status_row)
-        m.pose.orientation.w = 1.0
-        m.scale.z = 0.05
-        bad = msg.state == PolicyStatus.STATE_ERROR or msg.errors_total > 0
-        m.color.r, m.color.g, m.color.b, m.color.a = (1.0, 0.3, 0.3, 1.0) if bad else (0.9, 0.9, 0.9, 1.0)
-        m.text = (f'{msg.node_name}: {self._STATE_NAMES.get(msg.state, msg.state)}  '
-                  f'feat {msg.features_ms:.0f} dec {msg.decode_ms:.0f} chunk {msg.chunk_ms:.0f} ms  '
-                  f'err {msg.errors_total}' + (f'  ({msg.last_error[:60]})' if msg.last_error else ''))
-        m.lifetime.sec = 3
-        return m
-
-
-def init_ros(args=None) -> None:
-    """rclpy.init without rclpy's signal handlers: Ctrl-C / SIGTERM raise KeyboardInterrupt in
-    the main thread while the context is still valid, so the executor can still publish its stop
-    command on the way out (with rclpy's handler the context is already shut down by then)."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # inference threads hold the GIL for long stretches; hand it over more often so that message
-    # callbacks are not starved behind them (GIL convoy: seconds of backlog at the default 5 ms)
-    sys.setswitchinterval(float(os.environ.get('DEFI_GIL_SWITCH_S', '0.0005')))
-
-    def _terminate(signum, frame):
-        # Shutdown must never hang a robot's process: if the teardown has not finished in
-        # DEFI_SHUTDOWN_TIMEOUT_S, dump every thread's stack (to find the culprit) and exit(1).
-        faulthandler.dump_traceback_later(float(os.environ.get('DEFI_SHUTDOWN_TIMEOUT_S', '10')),
-                                          exit=True)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-
-
-def shutdown_nodes(executors, nodes) -> None:
-    """Tear the nodes down (the executor commands its stop), give DDS a moment to deliver the
-    stop, then shut the executors down (None entries skipped) and destroy everything."""
-    for node in nodes:
-        try:
-            node._teardown_once() if isinstance(node, DefiNode) else None
-        except Exception as exc:  # noqa: BLE001
-            node.get_logger().error(f'teardown: {exc}')
-    time.sleep(0.3)
-    for ex in executors:
-        if ex is not None:
-            ex.shutdown()
-    for node in nodes:
-        node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def run_node(node_cls, args=None, num_threads: int = 1) -> None:
-    """main() of a single-node executable: start (if autostart) and spin. One thread (callbacks
-    are short; inference runs on worker threads), unless a callback blocks (the goal loop)."""
-    init_ros(args)
-    try:
-        node = node_cls()
-    except ValueError as exc:   # a wrong-typed parameter value: one line naming it, exit 2
-        rclpy.logging.get_logger(node_cls.__name__).fatal(str(exc))
-        rclpy.try_shutdown()
-        raise SystemExit(2) from None
-    warn_unknown_parameters(node)
-    executor = (SingleThreadedExecutor() if num_threads == 1
-                else MultiThreadedExecutor(num_threads=num_threads))
-    executor.add_node(node)
-    try:
-        if node.params.autostart and not node.start():
-            node.get_logger().error('not started: see defi/status last_error; '
-                                    'fix the parameters and configure again via lifecycle services')
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        shutdown_nodes([executor], [node])
+            self._marker_pub.publish(status_marker(msg, self.params.status_marker_frame, self.status_row))

@@ -25,14 +25,14 @@ def restore_threads():
 
 
 def test_default_is_auto_for_the_nodes_and_the_bringup():
-    from defi_perception.node_base import ModelParams
     from defi_policy.bringup import BringupParams
+    from defi_ros.model import ModelParams
     assert ModelParams().torch_threads == 0 and BringupParams().torch_threads == 0
 
 
 def test_auto_follows_the_usable_cpus_and_an_explicit_count_wins(checkpoint, monkeypatch, restore_threads):
     import defi_core.threads as threads
-    from defi_perception.node_base import load_checkpoint_policy
+    from defi_ros.model import load_checkpoint_policy
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr(threads, 'usable_cpus', lambda *a, **k: 3)     # e.g. taskset -c 0-2
     load_checkpoint_policy(str(checkpoint), 'cpu', 0)

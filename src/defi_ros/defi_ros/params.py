@@ -1,5 +1,6 @@
 """Declare a node's parameters from a dataclass and read them once into a typed instance; warn
-about given parameters that no node declares (rclpy ignores them without a word)."""
+about given parameters that no node declares (rclpy ignores them without a word). `CommonParams`:
+the parameters of every DeFI node (ModelParams, in model.py, adds the model's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ class _Dataclass(Protocol):     # what dataclasses.fields() accepts: any datacla
 P = TypeVar('P', bound=_Dataclass)
 
 __all__ = ['param', 'descriptor', 'declare_params', 'read_params', 'params_files',
-           'warn_unknown_parameters']
+           'warn_unknown_parameters', 'CommonParams']
 
 
 def param(default: Any, help: str, *, min: Any = None, max: Any = None):  # noqa: A002
@@ -165,3 +166,16 @@ def warn_unknown_parameters(node, known_elsewhere: Iterable[str] = (), argv: Opt
         lines.append(line)
         node.get_logger().warning(line)
     return lines
+
+
+@dataclasses.dataclass
+class CommonParams:
+    """Parameters of every DeFI node."""
+    status_topic: str = param('defi/status', 'topic of the PolicyStatus messages (best effort)')
+    status_rate_hz: float = param(2.0, 'PolicyStatus, /diagnostics and status marker rate (Hz)',
+                                  min=0.0, max=100.0)
+    status_marker_frame: str = param('base_link', "frame of the RViz text marker on "
+                                     "defi/status_marker; '' = no marker")
+    max_future_s: float = param(0.5, 'inputs stamped further than this ahead of the clock are refused; '
+                                'a clock jump back by more than this resets the buffers (s, >= 0)')
+    autostart: bool = param(True, 'configure and activate on start when run as an executable')

@@ -13,7 +13,7 @@ def rgb_image(h=6, w=5, seed=0):
 def test_image_encodings_with_row_padding(encoding):
     from sensor_msgs.msg import Image
 
-    from defi_perception.conversions import image_msg_to_rgb
+    from defi_ros.conversions import image_msg_to_rgb
     rgb = rgb_image()
     ch = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'mono8': 1}[encoding]
     if encoding == 'rgb8':
@@ -40,7 +40,7 @@ def test_compressed_images(fmt):
     from PIL import Image as PILImage
     from sensor_msgs.msg import CompressedImage
 
-    from defi_perception.conversions import image_msg_to_rgb
+    from defi_ros.conversions import image_msg_to_rgb
     rgb = np.full((8, 8, 3), (200, 30, 90), np.uint8)
     buf = io.BytesIO()
     PILImage.fromarray(rgb).save(buf, format='PNG' if fmt == 'png' else 'JPEG', quality=95)
@@ -53,7 +53,7 @@ def test_compressed_images(fmt):
 def test_malformed_images_name_the_field():
     from sensor_msgs.msg import CompressedImage, Image
 
-    from defi_perception.conversions import image_msg_to_rgb
+    from defi_ros.conversions import image_msg_to_rgb
     msg = Image(encoding='yuv422', height=2, width=2, step=4)
     msg.data = bytes(8)
     with pytest.raises(ValueError, match='encoding'):
@@ -72,7 +72,7 @@ def test_malformed_images_name_the_field():
 
 
 def test_feature_latent_and_chunk_round_trips():
-    from defi_perception.conversions import (
+    from defi_ros.conversions import (
         chunk_from_msg,
         chunk_to_msg,
         features_from_msg,
@@ -99,7 +99,7 @@ def test_feature_latent_and_chunk_round_trips():
 def test_policy_features_are_checked_against_the_checkpoint_config():
     from types import SimpleNamespace
 
-    from defi_perception.conversions import features_to_msg, policy_features_from_msg
+    from defi_ros.conversions import features_to_msg, policy_features_from_msg
     cfg = SimpleNamespace(num_future_frames=4, feature_dim=16)
     feats = np.zeros((4, 8, 16), np.float32)
     got, instruction = policy_features_from_msg(features_to_msg(feats, 5, 'open the drawer'), cfg, 'defi/ff')
