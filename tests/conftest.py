@@ -27,6 +27,21 @@ def ros_context():
         pass
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A freshly initialised tiny DeFI policy saved as a checkpoint (hash text encoder, unit stats)."""
+    import numpy as np
+
+    from defi_core.checkpoint import save_checkpoint
+    from defi_core.config import preset
+    from defi_core.policy import DefiPolicy
+    cfg = preset('tiny', text_encoder='hash')
+    a = cfg.action_dim
+    stats = {'action': {'mean': np.zeros(a, np.float32), 'std': np.ones(a, np.float32),
+                        'min': -np.ones(a, np.float32), 'max': np.ones(a, np.float32)}}
+    return save_checkpoint(tmp_path / 'ckpt', DefiPolicy(cfg), cfg, stats)
+
+
 def spin_until(executor, predicate, timeout_s=10.0, step_s=0.02):
     """Spin `executor` until predicate() is true; return whether it became true in time."""
     deadline = time.monotonic() + timeout_s

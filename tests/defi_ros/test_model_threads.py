@@ -1,20 +1,12 @@
 """The nodes that run the model pick torch's thread count from the CPUs the process may use by
 default (torch_threads: 0 = auto), and an explicit torch_threads wins."""
-import numpy as np
 import pytest
 import torch
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    from defi_core.checkpoint import save_checkpoint
-    from defi_core.config import preset
-    from defi_core.policy import DefiPolicy
-    cfg = preset('tiny', text_encoder='hash')
-    a = cfg.action_dim
-    stats = {'action': {'mean': np.zeros(a, np.float32), 'std': np.ones(a, np.float32),
-                        'min': -np.ones(a, np.float32), 'max': np.ones(a, np.float32)}}
-    return save_checkpoint(tmp_path / 'ckpt', DefiPolicy(cfg), cfg, stats)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture

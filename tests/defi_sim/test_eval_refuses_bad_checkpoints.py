@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -13,15 +12,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    from defi_core.checkpoint import save_checkpoint
-    from defi_core.config import preset
-    from defi_core.policy import DefiPolicy
-    cfg = preset('tiny', text_encoder='hash')
-    a = cfg.action_dim
-    stats = {'action': {'mean': np.zeros(a, np.float32), 'std': np.ones(a, np.float32),
-                        'min': -np.ones(a, np.float32), 'max': np.ones(a, np.float32)}}
-    return save_checkpoint(tmp_path / 'ckpt', DefiPolicy(cfg), cfg, stats)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def defi_eval(checkpoint, tmp_path):
