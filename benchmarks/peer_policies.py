@@ -254,6 +254,10 @@ def markdown(record: dict, rows: list, tasks: list) -> str:
              'Mean: unweighted over tasks, 95% interval by stratified bootstrap over episodes; per task '
              'the Wilson interval is in the JSON. reach-v3 is reported apart (`mean w/o reach`): its goal is '
              'a marker about one pixel wide at 64 px.', '',
+             'Steps: the same wall-clock budget buys each policy as many steps as its size allows on this '
+             "machine (column `steps`); LeRobot's defaults train ACT and Diffusion Policy for 100 k steps on a "
+             'GPU, so on a short CPU budget this compares what each policy learns in that time, not fully '
+             'trained policies.', '',
              '## LeRobot defaults changed', '', *changed_lines(), '', '## Kept as LeRobot has them', '',
              *[f'- {n}' for n in NOTES], '']
     return '\n'.join(lines)
