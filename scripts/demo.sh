@@ -42,7 +42,7 @@ start=$SECONDS
 rm -f "$OUT"/episode_*.mp4 "$OUT"/prediction_strip.png
 defi-eval --checkpoint "$CHECKPOINT" --tasks "${TASKS[@]}" --episodes "$EPISODES" \
   --max-steps "$MAX_STEPS" --mode ros --out "$OUT" --pictures \
-  ${DEFI_DEMO_ACTION_DT:+--action-dt "$DEFI_DEMO_ACTION_DT"}
+  ${DEFI_DEMO_ACTION_DT:+action_dt_s="$DEFI_DEMO_ACTION_DT"}
 rc=$?
 if [[ $rc != 0 ]]; then
   echo "[demo] FAILED (defi-eval exit code $rc); ROS logs in $OUT/ros_logs/" >&2

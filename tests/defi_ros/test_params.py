@@ -8,13 +8,13 @@ import pytest
 
 @dataclass
 class ExampleParams:
-    max_age_s: float = 0.5
+    max_age_s: float = 0.5          # inputs older than this are dropped (s)
     horizon: int = 10
     dry_run: bool = False
     topics: List[str] = field(default_factory=list)
 
 
-def declared(ros_context, **overrides):
+def declared(ros_context, with_node=None, **overrides):
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
@@ -22,7 +22,10 @@ def declared(ros_context, **overrides):
     node = Node('params_probe', context=ros_context,
                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     try:
-        return declare_params(node, ExampleParams)
+        params = declare_params(node, ExampleParams)
+        if with_node:
+            with_node(node)
+        return params
     finally:
         node.destroy_node()
 
@@ -42,4 +45,18 @@ def test_an_integer_for_a_float_and_an_integral_float_for_an_int_are_converted(r
 @pytest.mark.parametrize('name,value', [('max_age_s', 'soon'), ('horizon', 2.5)])
 def test_a_value_that_cannot_be_converted_names_the_parameter(ros_context, name, value):
     with pytest.raises(ValueError, match=f"parameter '{name}'"):
+        declared(ros_context, **{name: value})
+
+
+def test_the_help_text_is_the_parameter_description(ros_context):
+    """A field's comment (config_io.field_help) is what `ros2 param describe` shows."""
+    seen = {}
+    declared(ros_context, with_node=lambda node: seen.update(
+        {name: node.describe_parameter(name).description for name in ('max_age_s', 'horizon')}))
+    assert seen == {'max_age_s': 'inputs older than this are dropped (s)', 'horizon': ''}
+
+
+@pytest.mark.parametrize('name,value', [('dry_run', 'maybe'), ('topics', 'a')])
+def test_the_one_config_layers_rules_apply(ros_context, name, value):
+    with pytest.raises(ValueError, match=f"parameter '{name}': cannot read"):
         declared(ros_context, **{name: value})

@@ -158,7 +158,7 @@ def test_closed_loop_through_ros(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / 'eval_ros'
     rc = eval_cli.main(['--checkpoint', str(tiny_checkpoint), '--tasks', 'reach', '--episodes', '1',
                         '--mode', 'ros', '--max-steps', '16', '--out', str(out), '--pictures',
-                        '--picture-steps', '0'])
+                        'picture_steps=[0]'])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     results = json.loads((out / 'results.json').read_text())
@@ -179,14 +179,14 @@ def test_closed_loop_through_ros(tiny_checkpoint, tmp_path, capsys):
 
 def test_cli_config_file_then_flags(tmp_path):
     cfg_file = tmp_path / 'eval.yaml'
-    cfg_file.write_text('tasks: [push]\nepisodes: 7\nmax_steps: 50\n')
+    cfg_file.write_text('tasks: [push]\nepisodes: 7\nmax_steps: 50\nchunk_delay: 1\n')
     args = eval_cli.build_parser().parse_args(['--checkpoint', 'c', '--config', str(cfg_file),
-                                               '--episodes', '3', '--pictures'])
+                                               '--episodes', '3', '--pictures', 'chunk_delay=2'])
     config = eval_cli.make_config(args)
     assert config.tasks == ('push-v3',) and config.episodes == 3 and config.max_steps == 50
-    assert config.pictures and config.seed == 1000
+    assert config.pictures and config.seed == 1000 and config.chunk_delay == 2
     cfg_file.write_text('episode: 7\n')
-    with pytest.raises(SystemExit, match="unknown EvalConfig field"):
+    with pytest.raises(ValueError, match=f"--config {cfg_file}: episode: unknown key"):
         eval_cli.make_config(eval_cli.build_parser().parse_args(['--checkpoint', 'c', '--config', str(cfg_file)]))
 
 

@@ -210,7 +210,7 @@ def test_build_cache_keeps_the_datasets_own_fps_unless_told(tmp_path, capsys):
     assert f'defi-data build-cache: 30 fps, the rate of {root} (meta/info.json); set fps=N to resample' in out
     own = EpisodeCache(tmp_path / 'own')
     assert own.fps == 30 and [own.episode_length(e) for e in range(2)] == [8, 11]   # every frame kept
-    assert main(['build-cache', str(root), '--out', str(tmp_path / 'ten'), 'image_size=16', '--set', 'fps=10']) == 0
+    assert main(['build-cache', str(root), '--out', str(tmp_path / 'ten'), 'image_size=16', 'fps=10']) == 0
     assert "defi-data build-cache: 10 fps (the data config's fps)" in capsys.readouterr().out
     ten = EpisodeCache(tmp_path / 'ten')
     assert ten.fps == 10 and [ten.episode_length(e) for e in range(2)] == [3, 4]

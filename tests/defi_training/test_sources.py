@@ -8,7 +8,7 @@ from defi_training.sources import Report, detect_kind, expand_inputs, iter_episo
 from defi_training.sources.rosbag import defi_msgs_dir, make_typestore
 from defi_training.sources.video import write_video
 from defi_training.synthetic import write_synthetic_bag
-from defi_training.topic_map import TopicMap, apply_overrides, load_topic_map
+from defi_training.topic_map import TopicMap, load_topic_map
 
 
 def test_shipped_configs_load_and_overrides_apply(tmp_path):
@@ -20,7 +20,8 @@ def test_shipped_configs_load_and_overrides_apply(tmp_path):
     p = tmp_path / 'x.yaml'
     tm.save(p)
     assert load_topic_map(p) == tm
-    assert apply_overrides({}, ['a.b.c=[1, 2]']) == {'a': {'b': {'c': [1, 2]}}}
+    assert load_topic_map(None, ['cameras.wrist=camera/wrist/image_raw']).cameras == {
+        'front': 'camera/front/image_raw', 'wrist': 'camera/wrist/image_raw'}
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -34,7 +35,7 @@ def test_bad_config_names_the_field(overrides, message):
 
 
 def test_missing_config_file():
-    with pytest.raises(FileNotFoundError, match='nope.yaml'):
+    with pytest.raises(ValueError, match='data config nope.yaml: not found'):
         load_topic_map('nope.yaml')
 
 

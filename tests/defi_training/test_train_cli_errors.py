@@ -50,7 +50,7 @@ def one_line(err: str) -> str:
 
 
 def test_wrong_typed_model_override_names_the_key(cache, capsys):
-    rc = train_main(['gfdm', f'data.cache={cache}', '--set', 'model.image_size=big'])
+    rc = train_main(['gfdm', f'data.cache={cache}', 'model.image_size=big'])
     assert rc == 2
     assert one_line(capsys.readouterr().err) == (
         "defi-train: config key 'model.image_size': expected an integer, got 'big'")

@@ -5,11 +5,12 @@ here, never as constants in the model code.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import config_io
 
 # Checkpoint schema (config.json). 2: the training data's facts (fps, action and state names) are
 # DefiConfig fields; version-1 checkpoints are migrated on read (defi_core.checkpoint.read_meta).
@@ -25,7 +26,7 @@ class DefiConfig:
     preset_name: str = 'tiny'
     # --- data shapes -------------------------------------------------------------------------
     image_size: int = 64                 # square images, H = W = image_size
-    cameras: tuple = ('front',)          # view names; images are stacked in this order
+    cameras: tuple[str, ...] = ('front',)  # view names; images are stacked in this order
     state_dim: int = 0                   # 0 = no proprioception input
     action_dim: int = 4
     horizon: int = 10                    # action chunk length
@@ -33,8 +34,8 @@ class DefiConfig:
     # --- facts of the training data (set by defi-train from the episode cache; no weight depends
     # on them, the runtime reads them through defi_core.checkpoint.checkpoint_facts) ------------
     fps: float = 0.0                     # frames (= action steps) per second: chunk dt = 1/fps; 0 = unknown
-    action_names: tuple = ()             # one per action column; () = unknown (runtime: a0, a1, ...)
-    state_names: tuple = ()              # one per observation.state value (joint names); () = unknown
+    action_names: tuple[str, ...] = ()   # one per action column; () = unknown (runtime: a0, a1, ...)
+    state_names: tuple[str, ...] = ()    # one per observation.state value (joint names); () = unknown
     num_future_frames: int = 4           # T: frames GFDM predicts (t+s, ..., t+T*s)
     future_stride: int = 1               # s: frames between predicted frames
     frame_gap: int = 4                   # k: frames between the two GIDM frames (about 1 s)
@@ -191,80 +192,21 @@ class DefiConfig:
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for name in ('cameras', 'action_names', 'state_names'):     # lists: YAML's safe_dump takes no tuple
-            d[name] = list(getattr(self, name))
-        return d
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = 'config', field_prefix: str = '') -> 'DefiConfig':
         """field_prefix: how the fields are named inside `source` (e.g. 'config.' in a checkpoint's
-        config.json), for the error message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f'{source}: unknown DefiConfig field(s) {unknown}')
-        # a wrong-typed value names its field instead of failing in a comparison inside validate()
-        check_field_types(d, prefix=f'{source}: {field_prefix}')
-        return cls(**d)
+        config.json), for the error message. A wrong-typed value names its field ('config.horizon:
+        expected an integer, got 'ten'') instead of failing in a comparison inside validate()."""
+        try:
+            return config_io.from_dict(cls, d, prefix=field_prefix)
+        except config_io.ConfigError as err:
+            raise config_io.ConfigError(f'{source}: {err}') from None
 
     def replace(self, **overrides) -> 'DefiConfig':
         return self.from_dict({**self.to_dict(), **overrides}, source='overrides')
 
-
-
-# ------------------------------------------------------------------------------------------
-# Type checks of field values from outside (a checkpoint's config.json, `model.<field>=...`
-# overrides): 'horizon: expected an integer, got 'ten'' instead of "'<=' not supported between
-# instances of 'str' and 'int'" from validate().
-
-def _expected(annotation: str) -> tuple[str, bool]:
-    """(base type name, None allowed) from a field annotation such as 'float | None'."""
-    parts = [p.strip() for p in str(annotation).split('|')]
-    nullable = 'None' in parts
-    base = [p for p in parts if p != 'None']
-    return (base[0] if len(base) == 1 else ''), nullable
-
-
-_WORDS = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string',
-          'tuple': 'a list of strings'}
-
-
-def _fits(base: str, value: Any) -> bool:
-    if base == 'int':
-        return isinstance(value, int) and not isinstance(value, bool)
-    if base == 'float':
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base == 'bool':
-        return isinstance(value, bool)
-    if base == 'str':
-        return isinstance(value, str)
-    if base == 'tuple':         # cameras
-        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-    return True                 # a type this check does not know: DefiConfig.validate decides
-
-
-
-
-def field_type_error(name: str, value: Any) -> str | None:
-    """'expected <kind>, got <value>' when `value` does not fit DefiConfig field `name`, else None
-    (also None for names that are not fields: the caller reports those)."""
-    types = {f.name: f.type for f in fields(DefiConfig)}
-    if name not in types:
-        return None
-    base, nullable = _expected(str(types[name]))      # a string: `from __future__ import annotations`
-    if (value is None and nullable) or _fits(base, value):
-        return None
-    null = ' or null' if nullable else ''
-    return f'expected {_WORDS.get(base, base)}{null}, got {value!r}'
-
-
-def check_field_types(data: dict, prefix: str = '') -> None:
-    """Raise ValueError '<prefix><field>: expected ..., got ...' for the first wrong-typed field."""
-    for name, value in data.items():
-        problem = field_type_error(name, value)
-        if problem:
-            raise ValueError(f'{prefix}{name}: {problem}')
 
 # Preset sizes. tiny: tests (< 2M params). base: CPU benchmark (<= 50 ms per chunk on 2 threads).
 # large: GPU, closer to the paper (head 4+4 layers x 384, Video Former 14 queries per frame).
@@ -295,30 +237,22 @@ def preset(name: str, **overrides) -> DefiConfig:
 
 
 def load_config(path) -> DefiConfig:
-    """Read a config from YAML or JSON. A top-level 'preset' key starts from that preset."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix in ('.yaml', '.yml'):
-        import yaml
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f'{path}: expected a mapping of DefiConfig fields')
+    """Read a config from YAML or JSON (YAML is a superset of JSON). A top-level 'preset' key
+    starts from that preset; a top-level 'model' section (a training config) is read too."""
+    data = config_io.read_yaml(path, 'model config')
     data = dict(data.get('model', data))
     name = data.pop('preset', None)
     if name is not None:
         try:
             return preset(name, **data)
         except ValueError as err:
-            raise ValueError(f'{path}: {err}') from None
+            raise config_io.ConfigError(f'{path}: {err}') from None
     return DefiConfig.from_dict(data, source=str(path))
 
 
 def save_config(cfg: DefiConfig, path) -> None:
     path = Path(path)
     if path.suffix in ('.yaml', '.yml'):
-        import yaml
-        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        config_io.save(cfg, path)
     else:
         path.write_text(json.dumps(cfg.to_dict(), indent=2))

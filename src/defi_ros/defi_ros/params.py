@@ -1,15 +1,18 @@
-"""Declare a node's parameters from a dataclass and read them once into a typed instance; warn
-about given parameters that no node declares (rclpy ignores them without a word). `CommonParams`:
-the parameters of every DeFI node (ModelParams, in model.py, adds the model's)."""
+"""Declare a node's parameters from a dataclass and read them once into a typed instance, through
+defi_core.config_io (the help text becomes the parameter description; values are converted by the
+rules every config follows); warn about given parameters that no node declares (rclpy ignores them
+without a word). `CommonParams`: the parameters of every DeFI node (ModelParams, in model.py, adds
+the model's)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import typing
 from typing import Any, ClassVar, Iterable, List, Optional, Protocol, Type, TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from defi_core import config_io
 
 
 class _Dataclass(Protocol):     # what dataclasses.fields() accepts: any dataclass
@@ -22,24 +25,15 @@ __all__ = ['param', 'descriptor', 'declare_params', 'read_params', 'params_files
            'warn_unknown_parameters', 'CommonParams']
 
 
-def param(default: Any, help: str, *, min: Any = None, max: Any = None):  # noqa: A002
-    """A dataclass field that is a ROS parameter: its default, its description (shown by
-    `ros2 param describe`) and, where natural, its range [min, max] (both given)."""
-    meta: dict[str, Any] = {'help': help}
-    if (min is None) != (max is None):
-        raise ValueError('param(): give both min and max, or neither')
-    if min is not None:
-        meta['range'] = (min, max)
-    if isinstance(default, (list, tuple)):
-        return dataclasses.field(default_factory=functools.partial(list, tuple(default)), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+param = config_io.setting      # a field that is a ROS parameter: default, description, [min, max]
 
 
-def descriptor(f: dataclasses.Field, hint: Any) -> ParameterDescriptor:
-    """The ParameterDescriptor of a dataclass field: description and range from param()."""
+def descriptor(f: dataclasses.Field, hint: Any, help: str = '') -> ParameterDescriptor:  # noqa: A002
+    """The ParameterDescriptor of a dataclass field: its help text (config_io.field_help) as the
+    description, and its range from param()."""
     # dynamic typing: ROS would reject `max_age_s: 1` (an integer for a double) with an
     # exception that does not say which file; _coerce converts it, or names the parameter
-    desc = ParameterDescriptor(description=str(f.metadata.get('help', '')), dynamic_typing=True)
+    desc = ParameterDescriptor(description=help or str(f.metadata.get('help', '')), dynamic_typing=True)
     lo_hi = f.metadata.get('range')
     if lo_hi is not None:
         lo, hi = lo_hi
@@ -60,39 +54,27 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
+    """A parameter value as its field's type (the one config layer's rules), or a ValueError
+    naming the parameter."""
+    if typing.get_origin(hint) in (list, tuple) and value is None:
+        value = []          # an empty list given in YAML reads back as no value
     try:
-        if origin in (list, tuple):
-            item = (typing.get_args(hint) or (str,))[0]   # List[X] and Tuple[X, ...]
-            return [_coerce(name, v, item) for v in (value or [])]
-        if hint is bool:
-            if isinstance(value, str):
-                return value.strip().lower() in ('1', 'true', 'yes', 'on')
-            return bool(value)
-        if hint is float:
-            return float(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f'{value} is not an integer')
-            return int(value)
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'parameter {name!r}: cannot read {value!r} as {hint}: {exc}') from None
-    return value
+        return config_io.coerce(value, hint, name)
+    except config_io.ConfigError as err:
+        raise ValueError(f'parameter {name!r}: cannot read {value!r}: {err.problem}') from None
 
 
 def declare_params(node, cls: Type[P]) -> P:
     """Declare every field of dataclass `cls` as a parameter (default = the field default), then
     read the values once (overrides from YAML / CLI / launch apply) into a `cls` instance."""
-    hints = typing.get_type_hints(cls)
+    hints, helps = typing.get_type_hints(cls), config_io.field_help(cls)
     values = {}
     for f in dataclasses.fields(cls):
         default = _default(f)
         hint = hints[f.name]
         if typing.get_origin(hint) in (list, tuple):
             default = list(default)
-        declared = node.declare_parameter(f.name, default, descriptor(f, hint))
+        declared = node.declare_parameter(f.name, default, descriptor(f, hint, helps.get(f.name, '')))
         values[f.name] = _coerce(f.name, declared.value, hint)
     return cls(**values)
 

@@ -1,11 +1,12 @@
 """defi-eval: closed-loop success of a checkpoint on Meta-World tasks.
 
     defi-eval --checkpoint models/defi_metaworld --tasks reach push --episodes 10 \
-        [--mode ros|inprocess] [--seed 1000] [--out outputs/eval] [--pictures]
+        [--mode ros|inprocess] [--seed 1000] [--out outputs/eval] [--pictures] [key=value ...]
 
 Writes <out>/results.json and <out>/results.md (see defi_sim.evaluation) and, with --pictures,
 <out>/prediction_strip.png and <out>/episode_<task>.mp4. Settings come from the EvalConfig
-dataclass (defi_sim.evaluate): defaults, then an optional --config YAML file, then the flags.
+dataclass (defi_sim.evaluate): defaults, then an optional --config YAML file, then `key=value`
+words (`chunk_delay=3`, `cameras=[front=corner,wrist=gripperPOV]`) and the shortcut flags.
 """
 from __future__ import annotations
 
@@ -21,30 +22,27 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
 
+SHORTCUTS = ('tasks', 'episodes', 'seed', 'max_steps')    # flags that set one EvalConfig key each
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='defi-eval', description=__doc__.split('\n\n')[0],
+    from defi_core.config_io import describe
+    from defi_sim.evaluate import EvalConfig
+    keys = ['evaluation keys (key=value; default shown):'] + describe(EvalConfig)
+    p = argparse.ArgumentParser(prog='defi-eval', description=__doc__.split('\n\n')[0], epilog='\n'.join(keys),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('overrides', nargs='*', metavar='key=value',
+                   help='evaluation settings, e.g. chunk_delay=3 cameras=[front=corner] (listed below)')
     p.add_argument('--checkpoint', required=True, help='checkpoint directory (config.json, model.safetensors)')
-    p.add_argument('--tasks', nargs='+', help='Meta-World tasks, with or without -v3 (default: reach-v3)')
-    p.add_argument('--episodes', type=int, help='episodes per task')
+    p.add_argument('--config', help='YAML file of evaluation keys (key=value words and flags override it)')
+    p.add_argument('--tasks', nargs='+', help='shortcut for tasks=[...]: Meta-World tasks, with or without -v3')
+    p.add_argument('--episodes', type=int, help='shortcut for episodes=N: episodes per task')
+    p.add_argument('--seed', type=int, help='shortcut for seed=N: first episode seed (default 1000: unseen states)')
+    p.add_argument('--max-steps', type=int, dest='max_steps', help='shortcut for max_steps=N (12.5 ms control steps)')
+    p.add_argument('--pictures', action='store_true', help='shortcut for pictures=true: prediction strip PNG, mp4s')
     p.add_argument('--mode', choices=('inprocess', 'ros'), default='inprocess',
                    help='inprocess: no ROS, fastest; ros: sim node + DeFI bringup as ROS 2 processes')
-    p.add_argument('--seed', type=int, help='first episode seed (default 1000: states unseen in training)')
     p.add_argument('--out', default='outputs/eval', help='output directory')
-    p.add_argument('--pictures', action='store_true', help='write the prediction strip PNG and episode mp4s')
-    p.add_argument('--max-steps', type=int, dest='max_steps', help='control steps per episode (12.5 ms each)')
-    p.add_argument('--steps-per-observation', type=int, dest='steps_per_observation',
-                   help='control steps between camera frames (the sim node parameter)')
-    p.add_argument('--action-dt', type=float, dest='action_dt_s',
-                   help='seconds between actions of a chunk (default: one observation period)')
-    p.add_argument('--replan-every', type=int, dest='replan_every',
-                   help='in-process: observations per new chunk (1 = every observation)')
-    p.add_argument('--chunk-delay', type=int, dest='chunk_delay',
-                   help='in-process: observations before a computed chunk is executed (default 0)')
-    p.add_argument('--cameras', nargs='+', help="'<view>=<mujoco camera>' per policy view (default <view>=corner)")
-    p.add_argument('--picture-steps', type=int, nargs='+', dest='picture_steps',
-                   help='observation indices of the prediction strips (default: first and middle)')
-    p.add_argument('--config', help='YAML file with EvalConfig fields (flags override it)')
     p.add_argument('--threads', type=int, default=0,
                    help='torch CPU threads of the policy (default 0 = auto: the CPUs this process may '
                         'use, less one for the simulator, at most 4; OMP_NUM_THREADS wins)')
@@ -55,33 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args):
+    """EvalConfig: defaults, then --config, then key=value words and the shortcut flags."""
+    from defi_core import config_io
     from defi_sim.evaluate import EvalConfig
-    values = {}
-    if args.config:
-        import yaml
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise SystemExit(f'defi-eval: cannot read --config {path}: {err}') from None
-        if not isinstance(loaded, dict):
-            raise SystemExit(f'defi-eval: {path}: expected a mapping of EvalConfig fields')
-        known = {f.name for f in dataclasses.fields(EvalConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise SystemExit(f'defi-eval: {path}: unknown EvalConfig field(s) {unknown}; known: {sorted(known)}')
-        values.update(loaded)
-    for name in ('tasks', 'episodes', 'seed', 'max_steps', 'steps_per_observation', 'action_dt_s',
-                 'replan_every', 'chunk_delay', 'cameras', 'picture_steps'):
-        value = getattr(args, name)
-        if value is not None:
-            values[name] = value
+    overrides = list(args.overrides)
+    overrides += [config_io.format_override(key, getattr(args, key))
+                  for key in SHORTCUTS if getattr(args, key) is not None]
     if args.pictures:
-        values['pictures'] = True
-    for name in ('tasks', 'cameras', 'picture_steps'):
-        if name in values:
-            values[name] = tuple(values[name])
-    return EvalConfig(**values)
+        overrides.append('pictures=true')
+    return config_io.load(EvalConfig, args.config, overrides, what='--config')
 
 
 def main(argv=None) -> int:

@@ -44,7 +44,7 @@ CONTROL_DT_S = 0.0125  # one Meta-World control step (frame_skip 5 x 2.5 ms)
 
 @dataclass
 class EvalConfig:
-    tasks: tuple = ('reach-v3',)
+    tasks: tuple[str, ...] = ('reach-v3',)
     episodes: int = 5                  # per task
     seed: int = EVAL_SEED_OFFSET       # first seed; episode e of every task uses seed + e (unseen states)
     max_steps: int = 300               # control steps per episode (12.5 ms each)
@@ -52,9 +52,9 @@ class EvalConfig:
     action_dt_s: float = 0.0           # chunk dt; 0 = one observation period
     replan_every: int = 1              # observations per new chunk (1: a chunk per observation)
     chunk_delay: int = 0               # in-process: observations before a chunk reaches the executor
-    cameras: tuple = ()                # '<view>=<mujoco camera>'; () = every policy view on 'corner'
+    cameras: tuple[str, ...] = ()      # '<view>=<mujoco camera>'; () = every policy view on 'corner'
     pictures: bool = False             # prediction strips + an mp4 of the first episode
-    picture_steps: tuple = ()          # observation indices for strips; () = first and middle
+    picture_steps: tuple[int, ...] = ()  # observation indices for strips; () = first and middle
     gfdm_sampling_steps: int = 0       # 0 = the checkpoint's default
     video_scale: int = 2
     record_trajectory: bool = False    # keep hand position, gripper and command per observation
@@ -296,7 +296,7 @@ def write_pictures(pictures: dict, policy_cfg, config: EvalConfig, out_dir, log=
 
 
 def checkpoint_chunk_dt(checkpoint, config: EvalConfig) -> float:
-    """Seconds between chunk steps: --action-dt, else 1/fps of the checkpoint's training data
+    """Seconds between chunk steps: action_dt_s, else 1/fps of the checkpoint's training data
     (its config's fps, when training recorded it), else one observation period (in the sim, unlike
     on a robot, the observation period is known)."""
     if config.action_dt_s:

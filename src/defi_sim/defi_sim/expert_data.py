@@ -7,6 +7,7 @@ row per observation: the frames and joint positions at that time, and the comman
 for it, which the sim then holds for `steps_per_observation` control steps (as the sim node does).
 
     defi-sim dataset --tasks reach push --episodes 50 --seed 500 --noise 0.3 --out data/cache/af
+    defi-sim dataset --tasks reach --out data/cache/two_views cameras=[front=corner,wrist=behindGripper]
 """
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ ACTION_NAMES = ('dx', 'dy', 'dz', 'gripper')
 
 @dataclass
 class ExpertDataConfig:
-    tasks: tuple = ('reach-v3',)
+    tasks: tuple[str, ...] = ('reach-v3',)
     episodes: int = 10                 # per task; episode e of a task uses seed + e
     seed: int = 0
     noise_std: float = 0.0             # Gaussian noise on dx, dy, dz (never the gripper)
     image_size: int = 64
-    cameras: tuple = ('front=corner',)
+    cameras: tuple[str, ...] = ('front=corner',)  # '<view>=<MuJoCo camera>'
     steps_per_observation: int = 2     # 12.5 ms control steps per row: 40 fps
     max_steps: int = 500               # control steps per episode at most
     extra_observations: int = 10       # rows kept after success (the robot holding the goal)
@@ -134,26 +135,45 @@ def write_expert_cache(config: ExpertDataConfig, out_dir: str | Path, jobs: int 
     return cache
 
 
+# flag -> ExpertDataConfig key: the shortcuts `defi-sim dataset` keeps (everything else: key=value)
+SHORTCUTS = {'tasks': 'tasks', 'episodes': 'episodes', 'seed': 'seed', 'noise': 'noise_std',
+             'image_size': 'image_size', 'cameras': 'cameras', 'max_steps': 'max_steps',
+             'extra': 'extra_observations'}
+
+
+def dataset_config(opts) -> ExpertDataConfig:
+    """ExpertDataConfig from the key=value words and the shortcut flags."""
+    from defi_core import config_io
+    overrides = list(opts.overrides)
+    overrides += [config_io.format_override(key, getattr(opts, flag))
+                  for flag, key in SHORTCUTS.items() if getattr(opts, flag) is not None]
+    if opts.no_actions:
+        overrides.append('with_actions=false')
+    return config_io.load(ExpertDataConfig, None, overrides)
+
+
 def dataset_main(opts) -> int:
-    config = ExpertDataConfig(tasks=tuple(opts.tasks), episodes=opts.episodes, seed=opts.seed,
-                              noise_std=opts.noise, image_size=opts.image_size,
-                              cameras=tuple(opts.cameras), max_steps=opts.max_steps,
-                              extra_observations=opts.extra, with_actions=not opts.no_actions)
-    write_expert_cache(config, opts.out, jobs=opts.jobs, overwrite=opts.overwrite)
+    write_expert_cache(dataset_config(opts), opts.out, jobs=opts.jobs, overwrite=opts.overwrite)
     return 0
 
 
 def add_dataset_parser(sub) -> None:
-    p = sub.add_parser('dataset', help='scripted-expert episodes straight into an episode cache (no ROS)')
-    p.add_argument('--tasks', nargs='+', required=True, help='Meta-World v3 tasks')
-    p.add_argument('--episodes', type=int, default=10, help='episodes per task')
-    p.add_argument('--seed', type=int, default=0, help='seed of the first episode of each task (then +1)')
-    p.add_argument('--noise', type=float, default=0.0, help='std of Gaussian noise on dx, dy, dz')
-    p.add_argument('--image-size', type=int, default=64)
-    p.add_argument('--cameras', nargs='+', default=['front=corner'], help='e.g. front=corner')
-    p.add_argument('--max-steps', type=int, default=500, help='control steps per episode at most')
-    p.add_argument('--extra', type=int, default=10, help='observations kept after success')
-    p.add_argument('--no-actions', action='store_true', help='action-free (pretraining video)')
+    import argparse
+
+    from defi_core.config_io import describe
+    p = sub.add_parser('dataset', help='scripted-expert episodes straight into an episode cache (no ROS)',
+                       epilog='\n'.join(['dataset keys (key=value; default shown):'] + describe(ExpertDataConfig)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('overrides', nargs='*', metavar='key=value', help='dataset settings (listed below)')
+    p.add_argument('--tasks', nargs='+', help='shortcut for tasks=[...]: Meta-World v3 tasks')
+    p.add_argument('--episodes', type=int, help='shortcut for episodes=N: episodes per task')
+    p.add_argument('--seed', type=int, help='shortcut for seed=N: seed of the first episode of each task')
+    p.add_argument('--noise', type=float, help='shortcut for noise_std=X: noise on dx, dy, dz')
+    p.add_argument('--image-size', type=int, help='shortcut for image_size=N')
+    p.add_argument('--cameras', nargs='+', help='shortcut for cameras=[...], e.g. front=corner')
+    p.add_argument('--max-steps', type=int, help='shortcut for max_steps=N')
+    p.add_argument('--extra', type=int, help='shortcut for extra_observations=N')
+    p.add_argument('--no-actions', action='store_true', help='shortcut for with_actions=false (pretraining video)')
     p.add_argument('--jobs', type=int, default=1, help='processes (one task each at a time)')
     p.add_argument('--out', required=True, help='cache directory to create')
     p.add_argument('--overwrite', action='store_true')

@@ -15,6 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from defi_msgs.msg import ActionChunk, TaskState
+from defi_ros.params import declare_params, param
 from defi_sim.metaworld_env import ACTION_NAMES, scripted_expert
 from defi_sim.ros_main import spin_node
 from defi_sim.tasks import canonical_task_name, instruction_for
@@ -27,20 +28,18 @@ warnings.filterwarnings('ignore', message='Constant\\(s\\) may be too high')
 
 @dataclass
 class ExpertNodeConfig:
-    task: str = 'drawer-open-v3'
-    noise_std: float = 0.0      # std of Gaussian noise added to dx, dy, dz (action units)
-    noise_seed: int = 0
-    dt: float = 0.025           # written into the chunk (the sim's observation period)
+    task: str = param('drawer-open-v3', 'Meta-World v3 task whose scripted expert drives the arm')
+    noise_std: float = param(0.0, 'std of Gaussian noise added to dx, dy, dz (action units, >= 0)')
+    noise_seed: int = param(0, 'seed of that noise')
+    dt: float = param(0.025, "seconds between chunk steps, written into the chunk (the sim's "
+                      'observation period)')
 
 
 class ExpertNode(Node):
     def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
         super().__init__('defi_expert_node', context=context,
                          parameter_overrides=parameter_overrides, **node_kwargs)
-        defaults = ExpertNodeConfig()
-        for name, value in vars(defaults).items():
-            self.declare_parameter(name, value)
-        self.config = ExpertNodeConfig(**{n: self.get_parameter(n).value for n in vars(defaults)})
+        self.config = declare_params(self, ExpertNodeConfig)
         if self.config.noise_std < 0:
             raise ValueError(f'parameter noise_std={self.config.noise_std} must be >= 0')
         self.set_task(self.config.task)

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from defi_sim.tasks import EVAL_SEED_OFFSET, canonical_task_name
 
 DEFAULT_CONFIG = 'share/defi_sim/config/sim.yaml'    # installed by this package (defi_sim.stack)
@@ -37,19 +35,18 @@ def load_sim_parameters(path: str | Path | None) -> dict:
         path = _default_config()
         if path is None or not path.is_file():
             return {}
+    from defi_core import config_io
+    from defi_sim.sim_node import SimNodeConfig
     path = Path(path)
+    doc = config_io.read_yaml(path, 'sim parameter file')
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
         params = doc['defi_sim_node']['ros__parameters']
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f'{path}: cannot read sim parameters: {err}') from None
     except (KeyError, TypeError):
         raise ValueError(f'{path}: expected a "defi_sim_node: ros__parameters:" mapping') from None
-    from defi_sim.sim_node import SimNodeConfig
-    unknown = set(params) - set(vars(SimNodeConfig()))
-    if unknown:
-        raise ValueError(f'{path}: unknown defi_sim_node parameters {sorted(unknown)}')
-    return dict(params)
+    try:
+        return config_io.check_fields(SimNodeConfig, params)
+    except config_io.ConfigError as err:
+        raise ValueError(f'{path}: defi_sim_node parameter {err}') from None
 
 
 @dataclass
@@ -199,6 +196,11 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
 
 def _record_main(opts) -> int:
     params = load_sim_parameters(opts.config)
+    if opts.overrides:          # sim node parameters as key=value words
+        from defi_core import config_io
+        from defi_sim.sim_node import SimNodeConfig
+        config_io.apply_overrides(params, opts.overrides, SimNodeConfig)
+        params = config_io.check_fields(SimNodeConfig, params)
     if opts.cameras:
         params['cameras'] = list(opts.cameras)
     if opts.image_size:
@@ -229,6 +231,8 @@ def main(argv=None) -> int:
     rec.add_argument('--noise', type=float, default=0.0, help='std of Gaussian noise on dx, dy, dz')
     rec.add_argument('--seed', type=int, default=0, help='seed of the first episode (then +1 each)')
     rec.add_argument('--out', default=None, help='output root; bags go to <out>/<task>/ (default data/sim)')
+    rec.add_argument('overrides', nargs='*', metavar='key=value',
+                     help='defi_sim_node parameters over --config, e.g. mode=lockstep seed=3')
     rec.add_argument('--config', default=None, help=f'sim parameter YAML (default {DEFAULT_CONFIG})')
     rec.add_argument('--cameras', nargs='+', default=None, help='e.g. front=corner wrist=gripperPOV')
     rec.add_argument('--image-size', type=int, default=None)

@@ -40,12 +40,12 @@ from __future__ import annotations
 import array
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped, TransformStamped, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -55,8 +55,9 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from defi_core import config_io
 from defi_msgs.msg import ActionChunk, TaskState
-from defi_ros.params import param
+from defi_ros.params import declare_params, param
 from defi_sim.description import SceneFrames, camera_frame
 from defi_sim.metaworld_env import MetaWorldSim, observation_names
 from defi_sim.ros_main import spin_node
@@ -116,12 +117,7 @@ class SimNode(Node):
     def __init__(self, *, context=None, parameter_overrides=None, **node_kwargs):
         super().__init__('defi_sim_node', context=context,
                          parameter_overrides=parameter_overrides, **node_kwargs)
-        defaults = SimNodeConfig()
-        helps = {f.name: f.metadata['help'] for f in fields(SimNodeConfig)}
-        for name, value in vars(defaults).items():
-            self.declare_parameter(name, value, ParameterDescriptor(description=helps[name]))
-        self.config = SimNodeConfig(**{
-            name: self.get_parameter(name).value for name in vars(defaults)}).validate()
+        self.config = declare_params(self, SimNodeConfig).validate()
         cfg = self.config
 
         self.sim = self._make_sim(cfg.task, cfg.seed)
@@ -211,7 +207,10 @@ class SimNode(Node):
                 except ValueError as err:
                     return SetParametersResult(successful=False, reason=str(err))
             elif p.name == 'seed':
-                self._pending_seed = int(p.value)
+                try:        # parameters are dynamically typed: `ros2 param set seed abc` is refused here
+                    self._pending_seed = config_io.coerce(p.value, int, 'seed')
+                except config_io.ConfigError as err:
+                    return SetParametersResult(successful=False, reason=f'parameter {err}')
             elif p.name == 'instruction':
                 self.config.instruction = str(p.value)
             elif p.name in vars(self.config):

@@ -35,8 +35,8 @@ def config_path(name: str) -> Path:
 
 def read_sections(name: str) -> dict:
     """The {node: {parameter: value}} of an installed parameter file."""
-    import yaml
-    doc = yaml.safe_load(config_path(name).read_text()) or {}
+    from defi_core.config_io import read_yaml
+    doc = read_yaml(config_path(name), 'parameter file')
     return {node: dict(body.get('ros__parameters') or {}) for node, body in doc.items()}
 
 

@@ -1,8 +1,11 @@
 """`defi-data`: inspect inputs, build the episode cache, convert to LeRobot v3.
 
     defi-data inspect PATH [PATH ...] [--json]
-    defi-data build-cache PATH [PATH ...] --out DIR [--config config/data_metaworld.yaml] [--set key=value ...]
-    defi-data convert --to lerobot PATH [PATH ...] --out DIR [--config ...] [--set ...]
+    defi-data build-cache PATH [PATH ...] --out DIR [--config config/data_metaworld.yaml] [key=value ...]
+    defi-data convert --to lerobot PATH [PATH ...] --out DIR [--config ...] [key=value ...]
+
+key=value words override data config (topic map) keys, e.g. fps=5 action.source=none; `--help`
+lists them.
 """
 from __future__ import annotations
 
@@ -13,17 +16,16 @@ import time
 from pathlib import Path
 
 from defi_core.cli import run_cli
+from defi_core.config_io import describe, is_override
 
-from .topic_map import load_topic_map
+from .topic_map import TopicMap, load_topic_map
 
 __all__ = ['main']
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--config', help='data config YAML (topic map); default: built-in defaults')
-    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                   help='override a config field, e.g. --set fps=5 --set action.source=none (repeatable)')
-    p.add_argument('--image-size', type=int, help='shortcut for --set image_size=N')
+    p.add_argument('--image-size', type=int, help='shortcut for image_size=N')
     p.add_argument('--camera', help='camera name for video files (default: the first camera in the config)')
     p.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
     p.add_argument('--workers', type=int, default=1, help='bags / videos read in parallel threads (default 1)')
@@ -34,10 +36,10 @@ def _split_overrides(args) -> None:
     paths: list[str] = []
     extra: list[str] = []
     for p in args.paths:
-        (extra if '=' in p and not Path(p).exists() else paths).append(p)
+        (extra if is_override(p) and not Path(p).exists() else paths).append(p)
     args.paths = paths
-    if hasattr(args, 'overrides'):
-        args.overrides = list(args.overrides) + extra
+    if args.command != 'inspect':
+        args.overrides = extra
     elif extra:
         raise ValueError(f'unexpected override(s) {extra}')
     if not paths:
@@ -141,12 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('paths', nargs='+')
     p.add_argument('--json', action='store_true', help='machine-readable output')
     p.set_defaults(func=_cmd_inspect)
-    p = sub.add_parser('build-cache', help='bags / videos / LeRobot datasets -> episode cache for training')
+    keys = 'data config keys (key=value after the paths; default shown):\n' + '\n'.join(describe(TopicMap))
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser('build-cache', help='bags / videos / LeRobot datasets -> episode cache for training',
+                       epilog=keys, formatter_class=raw)
     p.add_argument('paths', nargs='+')
     p.add_argument('--out', required=True, help='cache folder to create')
     _config_args(p)
     p.set_defaults(func=_cmd_build_cache)
-    p = sub.add_parser('convert', help='export bags / videos / a cache as a LeRobot v3 dataset')
+    p = sub.add_parser('convert', help='export bags / videos / a cache as a LeRobot v3 dataset',
+                       epilog=keys, formatter_class=raw)
     p.add_argument('paths', nargs='+')
     p.add_argument('--to', required=True, choices=['lerobot'])
     p.add_argument('--out', required=True)

@@ -1,19 +1,17 @@
 """The data config: which recorded streams become which features, at what rate and size.
 
 Loaded from a YAML file in config/ (e.g. config/data_metaworld.yaml) and overridable from the
-command line with dotted `key=value` pairs (`--set fps=5 --set action.topic=cmd`).
+command line with dotted `key=value` words (`fps=5 action.topic=cmd`), through defi_core.config_io.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from defi_core import config_io
 
-__all__ = ['StateSpec', 'ActionSpec', 'TaskSpec', 'EpisodeSpec', 'TopicMap', 'load_topic_map',
-           'apply_overrides']
+__all__ = ['StateSpec', 'ActionSpec', 'TaskSpec', 'EpisodeSpec', 'TopicMap', 'load_topic_map']
 
 
 def _norm_topic(topic: str | None) -> str | None:
@@ -22,31 +20,6 @@ def _norm_topic(topic: str | None) -> str | None:
         return None
     topic = str(topic).strip()
     return topic.lstrip('/') or None
-
-
-# the scalar fields' types, checked before any comparison so that a wrong-typed value names its
-# field ('fps: expected a number, got 'ten'') instead of failing inside validate()
-_NUMBER, _INT, _TEXT = 'a number', 'an integer', 'a string'
-_FIELD_TYPES = {'fps': _NUMBER, 'max_age_s': _NUMBER, 'image_size': _INT, 'min_episode_frames': _INT,
-                'gap_policy': _TEXT, 'clock': _TEXT, 'success_topic': _TEXT,
-                'state.topic': _TEXT, 'action.source': _TEXT, 'action.topic': _TEXT,
-                'task.topic': _TEXT, 'task.default': _TEXT, 'episode.split': _TEXT,
-                'episode.topic': _TEXT}
-_NULLABLE = {'image_size', 'success_topic', 'state.topic', 'action.topic', 'task.topic', 'episode.topic'}
-
-
-def _check_field_types(tm) -> None:
-    for name, kind in _FIELD_TYPES.items():
-        obj, attr = (tm, name) if '.' not in name else (getattr(tm, name.split('.')[0]), name.split('.')[1])
-        value = getattr(obj, attr)
-        if value is None and name in _NULLABLE:
-            continue
-        ok = {_NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool),
-              _INT: isinstance(value, int) and not isinstance(value, bool),
-              _TEXT: isinstance(value, str)}[kind]
-        if not ok:
-            null = ' or null' if name in _NULLABLE else ''
-            raise ValueError(f'{name}: expected {kind}{null}, got {value!r}')
 
 
 @dataclass
@@ -82,8 +55,8 @@ class EpisodeSpec:
 
 @dataclass
 class TopicMap:
-    fps: float = 10.0
-    max_age_s: float = 0.3
+    fps: float = 10.0                         # rate the streams are resampled to (frames per second)
+    max_age_s: float = 0.3                    # a stream with no sample this recent at a frame time is a gap
     # what happens to frames where a required stream has no sample within max_age_s:
     # 'split' ends the episode and starts a new one after the gap; 'drop' drops those frames and
     # joins the rest (time then jumps across the gap).
@@ -106,14 +79,11 @@ class TopicMap:
     fps_explicit = True
 
     def __post_init__(self):
-        # nested sections may be given as plain dicts (YAML, tests)
-        for name, typ in (('state', StateSpec), ('action', ActionSpec), ('task', TaskSpec), ('episode', EpisodeSpec)):
-            val = getattr(self, name)
-            if isinstance(val, dict):
-                if 'fields' in val and val['fields'] is not None:
-                    val = dict(val, fields=tuple(val['fields']))
-                setattr(self, name, typ(**val))
-        _check_field_types(self)
+        # Python callers may give the sections as plain dicts (files go through from_dict)
+        for name, section in (('state', StateSpec), ('action', ActionSpec), ('task', TaskSpec),
+                              ('episode', EpisodeSpec)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, config_io.from_dict(section, getattr(self, name), prefix=f'{name}.'))
         self.validate()
 
     def validate(self) -> None:
@@ -156,76 +126,29 @@ class TopicMap:
         return self.action.source != 'none'
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d['state']['fields'] = list(self.state.fields)
-        return d
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TopicMap:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f'unknown data config key(s): {sorted(unknown)} (known: {sorted(known)})')
-        sub = {'state': StateSpec, 'action': ActionSpec, 'task': TaskSpec, 'episode': EpisodeSpec}
-        for key, typ in sub.items():
-            if key in d:
-                val = d[key]
-                if val is None:
-                    val = {'topic': None, 'source': 'none'} if key == 'action' else {'topic': None}
-                if not isinstance(val, dict):
-                    raise ValueError(f'{key}: expected a mapping, got {val!r}')
-                names = {f.name for f in dataclasses.fields(typ)}
-                bad = set(val) - names
-                if bad:
-                    raise ValueError(f'{key}: unknown key(s) {sorted(bad)} (known: {sorted(names)})')
-                d[key] = val                # __post_init__ builds the section from the dict
-        return cls(**d)
+        """From a mapping (a data config file); wrong keys and types raise ConfigError naming them."""
+        return config_io.from_dict(cls, _sections_from_null(dict(d or {})))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        config_io.save(self, path)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != '' else ''
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, in place."""
-    for item in overrides or []:
-        if '=' not in item:
-            raise ValueError(f'override {item!r}: expected key=value')
-        key, value = item.split('=', 1)
-        parts = key.strip().split('.')
-        node = d
-        for p in parts[:-1]:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-            if not isinstance(node, dict):
-                raise ValueError(f'override {item!r}: {p!r} is not a mapping')
-        node[parts[-1]] = _parse_value(value)
+def _sections_from_null(d: dict[str, Any]) -> dict[str, Any]:
+    """`action: null` means action-free data; `state: null` etc. mean no such topic."""
+    for key in ('state', 'action', 'task', 'episode'):
+        if key in d and d[key] is None:
+            d[key] = {'topic': None, 'source': 'none'} if key == 'action' else {'topic': None}
     return d
 
 
 def load_topic_map(path: str | Path | None = None, overrides: list[str] | None = None) -> TopicMap:
     """TopicMap from a YAML file (None: the defaults) plus `key=value` overrides."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f'data config {p} does not exist')
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f'data config {p}: invalid YAML: {exc}') from exc
-        if not isinstance(d, dict):
-            raise ValueError(f'data config {p}: expected a mapping at the top level')
-    apply_overrides(d, overrides)
-    try:
-        tm = TopicMap.from_dict(d)
-    except (TypeError, ValueError) as exc:
-        where = f'data config {path}: ' if path else 'data config: '
-        raise ValueError(where + str(exc)) from exc
-    tm.fps_explicit = 'fps' in d
+    overrides = list(overrides or [])
+    tm = config_io.load(TopicMap, path, overrides, what='data config', prepare=_sections_from_null)
+    tm.fps_explicit = bool(path and 'fps' in config_io.read_yaml(path, 'data config')) or \
+        any(config_io.parse_override(o)[0] == 'fps' for o in overrides)
     return tm

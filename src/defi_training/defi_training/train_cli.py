@@ -7,8 +7,8 @@
     defi-train gfdm --resume runs/gfdm1 [steps=400]     # continue exactly where the last checkpoint left off
     torchrun --nproc_per_node 4 $(which defi-train) gfdm --config ...      # DDP (NCCL on GPU, gloo on CPU)
 
-Overrides are `key=value` (or `--set key=value`) with dotted keys of TrainConfig (see
-train_config.py); `model.<field>` sets any defi_core DefiConfig field, including the ablation
+Overrides are `key=value` words with dotted keys of TrainConfig (see train_config.py, or
+`defi-train <stage> --help` for the list); `model.<field>` sets any defi_core DefiConfig field, including the ablation
 switches gfdm_pretrained, gidm_pretrained, idm_type (gidm|mlp|transformer|none), train_gfdm and
 backbone.
 
@@ -29,7 +29,13 @@ from defi_training.train_config import STAGES, ConfigError, load_train_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='defi-train', description=__doc__,
+    from defi_core.config import DefiConfig
+    from defi_core.config_io import describe
+    from defi_training.train_config import TrainConfig
+    keys = (['config keys (key=value; default shown):'] + describe(TrainConfig, skip=('model',))
+            + ['  model.preset=tiny   tiny | base | large (defi_core presets); then any model field:']
+            + describe(DefiConfig, 'model.', skip=('preset_name',)))
+    p = argparse.ArgumentParser(prog='defi-train', description=__doc__, epilog='\n'.join(keys),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('stage', choices=STAGES)
     p.add_argument('--config', help='YAML file (config/train_<stage>.yaml); omitted = built-in defaults')
@@ -37,15 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', metavar='RUN_DIR', help='continue the run in RUN_DIR from its latest checkpoint')
     p.add_argument('--gfdm', metavar='CKPT', help='finetune: GFDM stage export (e.g. runs/gfdm1/final)')
     p.add_argument('--gidm', metavar='CKPT', help='finetune: GIDM stage export')
-    p.add_argument('--set', dest='set_overrides', action='append', default=[], metavar='KEY=VALUE',
-                   help='a config override, like a key=value word (repeatable)')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. steps=200 optim.lr=3e-4')
     return p
 
 
 def resolve_config(args) -> tuple:
     """(TrainConfig, resume_dir) from parsed arguments."""
-    overrides = list(getattr(args, 'set_overrides', [])) + list(args.overrides)
+    overrides = list(args.overrides)
     if args.gfdm:
         overrides.append(f'gfdm_checkpoint={args.gfdm}')
     if args.gidm:

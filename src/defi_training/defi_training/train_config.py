@@ -9,19 +9,15 @@ validate(), so an unknown model key errors naming it before any data is loaded).
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from defi_core import config_io
 
 STAGES = ('gfdm', 'gidm', 'finetune')
 
 
-class ConfigError(ValueError):
-    """A config file or an override is wrong; the message names the key or the file."""
+ConfigError = config_io.ConfigError     # a config file or an override is wrong; the message names it
 
 
 @dataclass
@@ -74,71 +70,29 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# dict <-> dataclass
+# dict <-> dataclass, through defi_core's one config layer; errors read "config key 'optim.lr': ..."
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    return config_io.to_dict(cfg)
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Check/convert one leaf value to the annotated type; errors name the key."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ('true', 'false', '1', '0', 'yes', 'no'):
-            return value.lower() in ('true', '1', 'yes')
-        raise ConfigError(f'config key {key!r}: expected true/false, got {value!r}')
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f'config key {key!r}: expected an integer, got {value!r}')
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f'config key {key!r}: expected an integer, got {value!r}') from None
-        if as_float != int(as_float):
-            raise ConfigError(f'config key {key!r}: expected an integer, got {value!r}')
-        return int(as_float)
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f'config key {key!r}: expected a number, got {value!r}')
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f'config key {key!r}: expected a number, got {value!r}') from None
-    if typ is str:
-        if value is None:
-            return ''
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f'config key {key!r}: expected a string, got {value!r}')
-        return str(value)
-    if typ is dict or typing.get_origin(typ) is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f'config key {key!r}: expected a mapping, got {value!r}')
-        return dict(value)
-    return value
+def _keyed(err: ConfigError) -> ConfigError:
+    """config_io's error worded as this tool's: "config key 'optim.lr': <problem>" or "unknown
+    config key 'optim.lrr' (<why>)"."""
+    if not err.key:
+        return err
+    if err.problem.startswith('unknown key'):
+        return ConfigError(f'unknown config key {err.key!r}{err.problem[len("unknown key"):]}')
+    return ConfigError(f'config key {err.key!r}: {err.problem}')
 
 
 def from_dict(cls, data: dict, prefix: str = ''):
     """Build dataclass `cls` from a (possibly partial) dict; unknown keys error naming the key."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f'config section {prefix.rstrip(".") or "<root>"!r}: expected a mapping, got {data!r}')
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        full = f'{prefix}{key}'
-        if key not in names:
-            raise ConfigError(f'unknown config key {full!r} (known in this section: {", ".join(sorted(names))})')
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = from_dict(typ, value, prefix=f'{full}.')
-        else:
-            kwargs[key] = _coerce(value, typ, full)
-    cfg = cls(**kwargs)
-    return cfg
+    try:
+        return config_io.from_dict(cls, data, prefix=prefix)
+    except ConfigError as err:
+        raise _keyed(err) from None
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -155,14 +109,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {cfg.data.val_fraction}")
     if not isinstance(cfg.model, dict):
         raise ConfigError("config key 'model': expected a mapping like {preset: tiny}")
-    from defi_core.config import PRESETS, DefiConfig, field_type_error  # ROS-free, cheap: fail before loading data
-    known = {f.name for f in dataclasses.fields(DefiConfig)} - {'preset_name'}
-    for key, value in cfg.model.items():
-        if key != 'preset' and key not in known:
-            raise ConfigError(f'unknown config key {"model." + key!r} (not a field of defi_core DefiConfig)')
-        problem = field_type_error(key, value)     # before DefiConfig compares it with a number
-        if problem:
-            raise ConfigError(f'config key {"model." + key!r}: {problem}')
+    from defi_core.config import PRESETS, DefiConfig  # ROS-free, cheap: fail before loading data
+    fields = {k: v for k, v in cfg.model.items() if k != 'preset'}
+    if 'preset_name' in fields:
+        raise ConfigError("config key 'model.preset_name': set model.preset instead")
+    try:        # types checked before DefiConfig compares a value with a number
+        config_io.check_fields(DefiConfig, fields, prefix='model.')
+    except ConfigError as err:
+        if err.problem.startswith('unknown key'):
+            raise ConfigError(f'unknown config key {err.key!r} (not a field of defi_core DefiConfig)') from None
+        raise _keyed(err) from None
     if cfg.model.get('preset', 'tiny') not in PRESETS:
         raise ConfigError(f"config key 'model.preset': expected one of {sorted(PRESETS)}, got {cfg.model['preset']!r}")
     return cfg
@@ -172,50 +128,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 # overrides
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """'optim.lr=3e-4' -> ('optim.lr', 0.0003). Values are parsed as YAML scalars/lists."""
-    if '=' not in text:
-        raise ConfigError(f'override {text!r}: expected key=value')
-    key, raw = text.split('=', 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f'override {text!r}: empty key')
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ''
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+parse_override = config_io.parse_override
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Return a new TrainConfig with dotted `key=value` overrides applied (types checked)."""
+    """Return a new TrainConfig with dotted `key=value` overrides applied (types checked).
+    `model.<field>` keys are DefiConfig fields, checked against defi_core by validate()."""
     data = to_dict(cfg)
-    for text in overrides:
-        key, value = parse_override(text)
-        parts = key.split('.')
-        if parts[0] == 'model':
-            # model.* keys are DefiConfig fields, checked against defi_core when the model is built.
-            if len(parts) != 2:
-                raise ConfigError(f'unknown config key {key!r}: model keys look like model.<field>')
-            data['model'][parts[1]] = value
-            continue
-        node: dict = data
-        cls: type = TrainConfig
-        for depth, part in enumerate(parts):
-            hints = typing.get_type_hints(cls)
-            if part not in hints:
-                known = ', '.join(sorted(hints))
-                raise ConfigError(f'unknown config key {key!r} (no {part!r} here; known: {known})')
-            typ = hints[part]
-            last = depth == len(parts) - 1
-            if isinstance(typ, type) and dataclasses.is_dataclass(typ):
-                if last:
-                    raise ConfigError(f'config key {key!r} is a section; set one of its fields, e.g. {key}.<field>=...')
-                node, cls = node[part], typ
-            else:
-                if not last:
-                    raise ConfigError(f'unknown config key {key!r} ({".".join(parts[:depth + 1])!r} is not a section)')
-                node[part] = value
+    try:
+        config_io.apply_overrides(data, overrides, TrainConfig, open_sections=('model',))
+    except ConfigError as err:
+        raise _keyed(err) from None
     return validate(from_dict(TrainConfig, data))
 
 
@@ -228,15 +151,7 @@ def load_train_config(path: str | Path | None, stage: str | None = None,
     """YAML file (optional) -> TrainConfig, then `stage` and overrides applied."""
     data: dict = {}
     if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'config file not found: {path}')
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f'config file {path}: not valid YAML: {err}') from None
-        if not isinstance(data, dict):
-            raise ConfigError(f'config file {path}: expected a mapping at the top level')
+        data = config_io.read_yaml(path)
         try:
             cfg = from_dict(TrainConfig, data)
         except ConfigError as err:
@@ -251,8 +166,4 @@ def load_train_config(path: str | Path | None, stage: str | None = None,
 
 
 def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    config_io.save(cfg, path)
