@@ -94,6 +94,29 @@ def test_passthrough_and_dry_run(ros_context, spin):
     assert probe.msgs(topic) == [] and node.schedule.steps_executed >= 3
 
 
+def test_chunk_mode_forwards_each_chunk_once_clipped_with_its_own_stamp(ros_context, spin):
+    """output_mode chunk (the lockstep sim): the whole chunk, once, as it arrives, stamped with its
+    observation time, so only the chunk computed from an observation answers it; stop = zeros."""
+    from defi_msgs.msg import ActionChunk
+    topic = 'defi/action_command'
+    actions = np.arange(40, dtype=np.float32).reshape(10, 4) / 20
+    sent = []
+
+    def send(p):
+        sent.append(chunk_msg(p, actions, ['x', 'y', 'z', 'g'], dt=0.025))
+        return sent[-1]
+    probe, node = run_executor(
+        ros_context, spin, 'chunk', [(ActionChunk, topic)], extra={'action_max': [1.0]},
+        send=send, wait=lambda p, n: lambda: n.schedule.steps_executed >= 3)
+    msgs = probe.msgs(topic)
+    assert len(msgs) == 2, [m.horizon for m in msgs]          # the chunk once, then the stop
+    first, stop = msgs
+    assert first.header.stamp == sent[0].header.stamp and first.dt == pytest.approx(0.025)
+    assert first.horizon == 10 and list(first.names) == ['x', 'y', 'z', 'g']
+    assert list(first.data) == pytest.approx(np.minimum(actions, 1.0).ravel().tolist())
+    assert stop.horizon == 1 and not any(stop.data)
+
+
 def test_stale_and_malformed_chunks_are_rejected(ros_context, spin):
     from defi_msgs.msg import ActionChunk
     topic = 'defi/action_command'

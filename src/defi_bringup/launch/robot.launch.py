@@ -22,7 +22,7 @@ PARAMETER_ARGUMENTS = {
     'checkpoint': ('checkpoint directory', MODEL_NODES),
     'camera_topics': ("the topic of each checkpoint camera by name (YAML list, e.g. \"['front=camera/image_raw']\")",
                       ['forward_predictor_node']),
-    'output_mode': ('twist | joint_trajectory | passthrough', ['chunk_executor_node']),
+    'output_mode': ('twist | joint_trajectory | passthrough | chunk', ['chunk_executor_node']),
     'dry_run': ('true: compute everything, command nothing', ['chunk_executor_node']),
 }
 STRING_ARGUMENTS = ('checkpoint', 'output_mode')   # taken as given, never YAML-parsed

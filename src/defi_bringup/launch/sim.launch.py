@@ -2,7 +2,7 @@
 `ros2 launch defi_bringup sim.launch.py checkpoint:=/path/to/ckpt [task:=reach-v3] [rviz:=true]`.
 
 defi_sim_node (Meta-World task, camera/<view>/image_raw, reads defi/action_command) and the
-one-process DeFI bringup in passthrough mode, with the same parameters as `defi-eval --mode ros`
+one-process DeFI bringup (executor output_mode chunk), with the same parameters as `defi-eval --mode ros`
 and benchmarks/closed_loop.py: defi_sim.stack (share/defi_sim/config/sim.yaml and defi_sim.yaml,
 images and cameras from the checkpoint) plus the arguments given here. RViz optionally.
 """

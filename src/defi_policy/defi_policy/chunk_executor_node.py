@@ -6,6 +6,12 @@ output_mode:
   <controller>/joint_trajectory (ros2_control); stop = an empty trajectory (hold position);
 - 'passthrough': each due step as a horizon-1 defi_msgs/ActionChunk on defi/action_command (the
   simulator); stop = a zero action.
+- 'chunk': each accepted chunk once, clipped, with its own observation stamp and dt, on
+  defi/action_command, as soon as it arrives; the receiver (the simulator) plays its rows by due
+  time; stop = a zero action. A lockstep sim waits for a command stamped at or after the
+  observation it published, so only the chunk computed from that observation advances it (a
+  passthrough row of the previous chunk is stamped with its due time and would advance it a step
+  early: the policy then always acts one observation late).
 Timing and stop logic live in defi_core.runtime (ChunkSchedule, SafetyLatch). The observation age
 is the age of the newest chunk's stamp (= its camera stamp): if the camera stops, no newer chunk
 comes and the executor stops within max_age_s + one control period. A chunk stamped more than
@@ -37,18 +43,19 @@ from defi_ros.conversions import chunk_from_msg, chunk_to_msg
 from defi_ros.lifecycle import DefiNode
 from defi_ros.params import CommonParams, param
 
-OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough')
+OUTPUT_MODES = ('twist', 'joint_trajectory', 'passthrough', 'chunk')
 
 
 @dataclass
 class ChunkExecutorParams(CommonParams):
     chunk_topic: str = param('defi/action_chunk', 'ActionChunk in')
     output_mode: str = param('passthrough', 'twist (MoveIt Servo) | joint_trajectory (ros2_control) | '
-                             'passthrough (ActionChunk, horizon 1, on command_topic)')
+                             'passthrough (ActionChunk, horizon 1, on command_topic) | chunk (each '
+                             'whole chunk on command_topic, for a receiver that times the rows)')
     twist_topic: str = param('servo_node/delta_twist_cmds', 'TwistStamped out (output_mode twist)')
     trajectory_topic: str = param('joint_trajectory_controller/joint_trajectory',
                                   'JointTrajectory out (output_mode joint_trajectory)')
-    command_topic: str = param('defi/action_command', 'ActionChunk out (output_mode passthrough)')
+    command_topic: str = param('defi/action_command', 'ActionChunk out (output_mode passthrough, chunk)')
     enable_topic: str = param('defi/enable', 'std_msgs/Bool: false stops and holds, true resumes')
     twist_frame_id: str = param('base_link', 'header.frame_id of the twists')
     twist_axes: List[str] = param(['x', 'y', 'z', 'roll', 'pitch', 'yaw'],
@@ -89,6 +96,7 @@ class ChunkExecutorNode(DefiNode):
         self._last_dim = 0
         self._last_names: tuple = ()
         self._twist_axes = None
+        self._forwarded = None       # output_mode chunk: the chunk last sent whole
 
     def setup(self) -> None:
         p = self.params
@@ -200,6 +208,8 @@ class ChunkExecutorNode(DefiNode):
                 self.chunks_received += 1
                 self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
                 self._last_dim, self._last_names = chunk.action_dim, chunk.names
+                if self.params.output_mode == 'chunk':
+                    self._run_step(now)      # forwarded now: the receiver may be waiting for it
 
     def _check_output(self, chunk) -> None:
         """Refuse a chunk the configured output cannot take (ValueError naming field and parameter)."""
@@ -234,6 +244,10 @@ class ChunkExecutorNode(DefiNode):
         back = self._jumps.update(now)
         if back is not None:     # a wall clock set back: rcl's jump callbacks see only /clock
             self.handle_time_jump(f'the clock jumped back {-back * 1e-9:.3f} s')
+        self._run_step(now)
+
+    def _run_step(self, now: int) -> None:
+        """The stop rules, then the command of the step due at `now` (if any)."""
         with self._lock:
             chunk = self.schedule.chunk
             if not self.enabled or chunk is None:
@@ -265,6 +279,14 @@ class ChunkExecutorNode(DefiNode):
             if not all_finite(step.action):
                 self.report_error('non_finite_outputs', 'action step is not finite; stop')
                 self.stop(StopReason.NON_FINITE, force=True)
+                return
+            if self.params.output_mode == 'chunk':
+                resumed = not self.latch.running
+                self.latch.run()
+                if chunk is not self._forwarded or resumed:     # once per chunk, again after a stop
+                    self._forwarded = chunk
+                    self._publish(chunk_to_msg(self.schedule.clip(chunk.actions)[0], chunk.stamp_ns,
+                                               chunk.dt_s, chunk.names))
                 return
             try:
                 command = self._command(step.action, chunk.names, chunk.dt_s, step.due_ns)

@@ -18,7 +18,7 @@ Publishes (names relative to the node's namespace):
 Subscribes:
   defi/action_command        defi_msgs/ActionChunk [horizon, 4] rows [dx, dy, dz, gripper] in [-1, 1];
                              row i is due at header.stamp + i * dt: the sim applies the latest row
-                             due (row 0 for horizon 1 and in lockstep), held until a newer command
+                             due (on sim time in lockstep), held until a newer command
   servo_node/delta_twist_cmds geometry_msgs/TwistStamped; linear m/s -> dx, dy, dz; gripper kept
 Service:
   sim/reset  std_srvs/Trigger: next episode with the next seed, or with the `task` / `seed`
