@@ -335,7 +335,7 @@ def test_sim_launch_uses_the_shared_stack_at_the_checkpoint_size(tmp_path, monke
     assert values['action_decoder']['action_names'] == []        # the checkpoint's: what the sim takes
     from defi_core.checkpoint import checkpoint_facts
     assert checkpoint_facts(CHECKPOINT).action_names == ('dx', 'dy', 'dz', 'gripper')
-    assert values['chunk_executor']['output_mode'] == 'passthrough'
+    assert values['chunk_executor']['output_mode'] == 'chunk'      # the sim times the rows itself
     assert values['execute_instruction_server']['success_topic'] == 'sim/success'
 
 
