@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ['defi_core', 'defi_msgs', 'defi_ros', 'defi_perception', 'defi_policy', 'defi_training', 'defi_sim',
-            'defi_bringup']
+PACKAGES = ['defi_core', 'defi_msgs', 'defi_ros', 'defi_perception', 'defi_recorder', 'defi_policy',
+            'defi_training', 'defi_sim', 'defi_bringup']
 ROS_FREE = ['defi_core', 'defi_training']
 
 # Python import -> rosdep key of a dependency that is not a ROS package (a ROS package is
@@ -100,7 +100,7 @@ def test_every_import_is_a_known_key():
 
 
 @pytest.mark.parametrize('name, dependency', [('defi_sim', 'defi_training'), ('defi_core', 'python3-torch'),
-                                              ('defi_perception', 'std_srvs'), ('defi_sim', 'python3-scipy'),
+                                              ('defi_recorder', 'std_srvs'), ('defi_sim', 'python3-scipy'),
                                               ('defi_policy', 'defi_ros')])
 def test_manifest_check_fails_on_a_removed_dependency(name, dependency):
     text = (ROOT / 'src' / name / 'package.xml').read_text()
@@ -136,7 +136,8 @@ LAYERS = {
     'defi_training': 1,        # data and training (ROS-free)
     'defi_msgs': 2,            # interfaces (generated code only)
     'defi_ros': 3,             # the ROS layer the nodes build on: lifecycle base, params, model, status, QoS, ...
-    'defi_perception': 4,      # the forward predictor, the recorder
+    'defi_perception': 4,      # the forward predictor
+    'defi_recorder': 4,        # defi-record: topics to rosbag2 episodes
     'defi_policy': 5,          # policy nodes
     'defi_sim': 5,             # simulation nodes and evaluation
     'defi_bringup': 6,         # launch files
@@ -169,7 +170,7 @@ def test_imports_only_go_down_the_layers(name):
 
 @pytest.mark.parametrize('name, line', [('defi_core', 'from defi_training.cache import EpisodeCache'),
                                         ('defi_training', 'import defi_perception.qos'),
-                                        ('defi_ros', 'from defi_perception.recorder import main'),
+                                        ('defi_ros', 'from defi_recorder.recorder import main'),
                                         ('defi_training', 'import defi_ros.qos'),
                                         ('defi_policy', 'from defi_sim.tasks import instruction_for')])
 def test_layer_check_fails_on_an_upward_import(name, line):

@@ -14,12 +14,11 @@ setup(
     zip_safe=False,
     maintainer='DeFI for ROS 2 developers',
     maintainer_email='defi@example.org',
-    description='The forward-dynamics predictor node and the defi-record bag recorder, built on defi_ros.',
+    description='The forward-dynamics predictor node (camera sync, GFDM features, predicted frames), built on defi_ros.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'defi-record = defi_perception.recorder:main',
             'forward_predictor_node = defi_perception.forward_predictor_node:main',
         ],
     },

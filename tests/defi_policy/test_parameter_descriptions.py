@@ -19,7 +19,7 @@ def node_classes():
 
 
 def test_every_parameter_dataclass_field_has_help():
-    from defi_perception.recorder import RecorderConfig
+    from defi_recorder.recorder import RecorderConfig
     from defi_policy.bringup import BringupParams
     from defi_sim.sim_node import SimNodeConfig
     classes = [cls.params_cls for cls in node_classes()] + [RecorderConfig, BringupParams, SimNodeConfig]

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.mark.parametrize('command', [
     ['defi_sim.record', 'dataset', '--tasks', 'reach', '--episodes', '1', '--out'],
-    ['defi_perception.recorder', '--topics', 'joint_states', '--out'],
+    ['defi_recorder.recorder', '--topics', 'joint_states', '--out'],
 ])
 def test_an_output_that_cannot_be_made_is_one_line_and_exit_2(command):
     out = '/proc/defi_cannot_write_here'          # mkdir fails there, even for root

@@ -16,7 +16,7 @@ def launch_setup(context, *args, **kwargs):
     out_dir = LaunchConfiguration('out_dir').perform(context)
     if out_dir:
         params.append({'out_dir': out_dir})
-    return [Node(package='defi_perception', executable='defi-record', output='screen', parameters=params)]
+    return [Node(package='defi_recorder', executable='defi-record', output='screen', parameters=params)]
 
 
 def generate_launch_description():

@@ -78,7 +78,7 @@ def record(task: str, episodes: int, out_dir: str | Path, *, noise_std: float = 
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
-    from defi_perception.recorder import RecorderNode
+    from defi_recorder.recorder import RecorderNode
     from defi_sim.expert_node import ExpertNode
     from defi_sim.sim_node import SimNode
 

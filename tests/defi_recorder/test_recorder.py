@@ -27,7 +27,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 def start_recorder(out, *extra):
-    cmd = [sys.executable, '-m', 'defi_perception.recorder', '--topics', '/rt/joints', '/rt/chunk',
+    cmd = [sys.executable, '-m', 'defi_recorder.recorder', '--topics', '/rt/joints', '/rt/chunk',
            '--out', str(out), *extra]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -140,7 +140,7 @@ def test_services_start_and_stop_episodes_and_a_crash_keeps_earlier_ones(ros_con
 
 
 def test_no_topics_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'defi_perception.recorder', '--out', str(tmp_path)],
+    proc = subprocess.run([sys.executable, '-m', 'defi_recorder.recorder', '--out', str(tmp_path)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and 'no topics to record' in proc.stderr + proc.stdout
 
@@ -148,7 +148,7 @@ def test_no_topics_is_a_clear_error(tmp_path):
 def test_enter_toggles_episodes_and_q_quits(tmp_path):
     import pty
     master, slave = pty.openpty()  # a terminal on stdin: keypresses are read
-    proc = subprocess.Popen([sys.executable, '-m', 'defi_perception.recorder', '--topics', '/rt/none',
+    proc = subprocess.Popen([sys.executable, '-m', 'defi_recorder.recorder', '--topics', '/rt/none',
                              '--out', str(tmp_path)], stdin=slave, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     os.close(slave)

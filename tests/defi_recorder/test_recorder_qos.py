@@ -11,7 +11,7 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from defi_perception.recorder import RecorderNode, qos_for_offers  # noqa: E402
+from defi_recorder.recorder import RecorderNode, qos_for_offers  # noqa: E402
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -1,0 +1,1 @@
+"""defi_recorder: robot topics as rosbag2 episodes."""

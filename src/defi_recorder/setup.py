@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+PACKAGE = 'defi_recorder'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=False,
+    maintainer='DeFI for ROS 2 developers',
+    maintainer_email='defi@example.org',
+    description='defi-record: the robot\'s topics as rosbag2 episodes (one bag per episode), built on defi_ros.',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'defi-record = defi_recorder.recorder:main',
+        ],
+    },
+)
