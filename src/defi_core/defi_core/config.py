@@ -57,8 +57,8 @@ class DefiConfig:
     p_std: float = 1.2
     gfdm_sigma_max_prob: float = 0.1     # share of GFDM training samples at exactly sigma_max: the
                                          # level features() runs at, far in the log-normal's tail
-    gfdm_p_mean: float | None = None     # GFDM's own training-sigma log-normal; None = p_mean / p_std
-    gfdm_p_std: float | None = None      # (which the action head shares)
+    gfdm_p_mean: float | None = None     # GFDM's own training-sigma log-normal mean; None = p_mean
+    gfdm_p_std: float | None = None      # its std; None = p_std (p_mean / p_std: the action head's)
     gfdm_sample_sigma_max: float = 0.0   # sampler's first sigma; 0 = sigma_max (features() always
                                          # reads sigma_max)
     gfdm_warp_radius: int = 0            # > 0: each token also predicts a softmax over the
