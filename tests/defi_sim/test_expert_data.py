@@ -1,5 +1,6 @@
 """defi-sim dataset: scripted-expert episodes written straight into an episode cache (real MuJoCo)."""
 import numpy as np
+import pytest
 
 from defi_sim.expert_data import ExpertDataConfig, write_expert_cache
 from defi_sim.metaworld_env import MetaWorldSim
@@ -47,6 +48,29 @@ def test_noise_and_action_free_and_parallel_jobs(tmp_path):
     # the same initial state, but noise changes the trajectory
     assert not np.array_equal(noisy.array(0, 'observation.state')[:5], clean.array(0, 'observation.state')[:5])
     np.testing.assert_array_equal(noisy.frames(0, 'front')[0], clean.frames(0, 'front')[0])
+
+
+def test_dart_labels_are_the_experts_clean_commands(tmp_path):
+    """labels=expert: the noisy command moves the arm, the expert's own command is the label, so
+    the labels are the expert's answer in the states the noise leads to."""
+    base = dict(tasks=('reach',), episodes=1, seed=5, image_size=32, extra_observations=0, noise_std=0.5)
+    executed = write_expert_cache(ExpertDataConfig(**base), tmp_path / 'a', log=lambda s: None)
+    dart = write_expert_cache(ExpertDataConfig(**base, labels='expert'), tmp_path / 'b', log=lambda s: None)
+    # the same states (the same noise ran), other labels
+    np.testing.assert_array_equal(dart.array(0, 'observation.state'), executed.array(0, 'observation.state'))
+    assert not np.allclose(dart.array(0, 'action'), executed.array(0, 'action'))
+    # each label is what the expert commands in that state: replay the executed commands and ask it
+    sim = MetaWorldSim('reach-v3', seed=5, image_size=32)
+    try:
+        sim.reset(5)
+        for label, command in list(zip(dart.array(0, 'action'), executed.array(0, 'action')))[:20]:
+            np.testing.assert_allclose(label, np.clip(sim.expert_action(), -1, 1), atol=1e-5)
+            for _ in range(2):
+                sim.step(command)
+    finally:
+        sim.close()
+    with pytest.raises(ValueError, match="labels: expected 'executed' or 'expert'"):
+        ExpertDataConfig(labels='clean')
 
 
 def test_cli_rejects_an_unknown_task_and_keeps_no_partial_cache(tmp_path, capsys):

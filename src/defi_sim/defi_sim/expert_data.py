@@ -33,6 +33,9 @@ class ExpertDataConfig:
     episodes: int = 10                 # per task; episode e of a task uses seed + e
     seed: int = 0
     noise_std: float = 0.0             # Gaussian noise on dx, dy, dz (never the gripper)
+    labels: str = 'executed'           # action labels: 'executed' (the noisy command the arm ran) |
+                                       # 'expert' (the expert's clean command there: DART, the
+                                       # noise only widens the states the demonstrations visit)
     image_size: int = 64
     cameras: tuple[str, ...] = ('front=corner',)  # '<view>=<MuJoCo camera>'
     steps_per_observation: int = 2     # 12.5 ms control steps per row: 40 fps
@@ -42,6 +45,8 @@ class ExpertDataConfig:
 
     def __post_init__(self):
         check_episode_config(self, ('episodes', 'image_size', 'steps_per_observation', 'max_steps'))
+        if self.labels not in ('executed', 'expert'):
+            raise ValueError(f"labels: expected 'executed' or 'expert', got {self.labels!r}")
         if self.noise_std < 0 or self.extra_observations < 0 or self.seed < 0:
             raise ValueError('noise_std, extra_observations and seed must be >= 0')
 
@@ -64,11 +69,13 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
         for name, image in views.items():
             frames[name].append(image)
         states.append(sim.joint_positions().astype(np.float32))
-        action = sim.expert_action().astype(np.float64)
+        expert = sim.expert_action().astype(np.float64)
+        action = expert.copy()
         if config.noise_std > 0:
             action[:3] += rng.normal(0.0, config.noise_std, size=3)
         action = np.clip(action, -1.0, 1.0)
-        actions.append(action.astype(np.float32))
+        label = np.clip(expert, -1.0, 1.0) if config.labels == 'expert' else action
+        actions.append(label.astype(np.float32))
         row = len(states) - 1
         if success_row is None and sim.success:
             success_row = row
@@ -89,7 +96,8 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
         state_names=list(ARM_JOINTS),
         action_names=list(ACTION_NAMES) if config.with_actions else [],
         extra={'name': f'{sim.task}_seed{seed:05d}', 'fps': config.fps, 'success': success_row is not None,
-               'seed': seed, 'noise_std': config.noise_std, 'control_steps': sim.steps})
+               'seed': seed, 'noise_std': config.noise_std, 'labels': config.labels,
+               'control_steps': sim.steps})
 
 
 def _task_episodes(args) -> list:
@@ -127,7 +135,8 @@ def write_expert_cache(config: ExpertDataConfig, out_dir: str | Path, jobs: int 
     report = Report()
     cache = write_cache(expert_episodes(config, jobs), out_dir, report=report, overwrite=overwrite,
                         sources=[f'defi-sim dataset {t} seeds {config.seed}..'
-                                 f'{config.seed + config.episodes - 1} noise {config.noise_std}'
+                                 f'{config.seed + config.episodes - 1} noise {config.noise_std} '
+                                 f'labels {config.labels}'
                                  for t in config.tasks])
     successes = sum(bool(cache.episode_info(e).get('success')) for e in range(cache.num_episodes))
     log(f'{out_dir}: {cache.num_episodes} episodes ({successes} successful), {cache.num_frames} frames '
