@@ -40,12 +40,12 @@ def console_scripts(package):
 def node_params():
     """node name -> set of declared parameter names, from each node's parameter dataclass."""
     from defi_perception.forward_predictor_node import ForwardPredictorParams
-    from defi_recorder.recorder import RecorderConfig
     from defi_policy.action_decoder_node import ActionDecoderParams
     from defi_policy.bringup import BringupParams
     from defi_policy.chunk_executor_node import ChunkExecutorParams
     from defi_policy.execute_instruction_server import ExecuteInstructionParams
     from defi_policy.latent_action_encoder_node import LatentEncoderParams
+    from defi_recorder.recorder import RecorderConfig
     from defi_sim.sim_node import SimNodeConfig
     classes = {
         'defi_bringup': BringupParams, 'forward_predictor': ForwardPredictorParams,

@@ -14,7 +14,7 @@ setup(
     zip_safe=False,
     maintainer='DeFI for ROS 2 developers',
     maintainer_email='defi@example.org',
-    description='The forward-dynamics predictor node (camera sync, GFDM features, predicted frames), built on defi_ros.',
+    description='The forward-dynamics predictor node (camera sync, GFDM features, predicted frames).',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={

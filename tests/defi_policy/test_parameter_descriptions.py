@@ -19,8 +19,8 @@ def node_classes():
 
 
 def test_every_parameter_dataclass_field_has_help():
-    from defi_recorder.recorder import RecorderConfig
     from defi_policy.bringup import BringupParams
+    from defi_recorder.recorder import RecorderConfig
     from defi_sim.sim_node import SimNodeConfig
     classes = [cls.params_cls for cls in node_classes()] + [RecorderConfig, BringupParams, SimNodeConfig]
     missing = [f'{cls.__name__}.{f.name}' for cls in classes for f in dataclasses.fields(cls)

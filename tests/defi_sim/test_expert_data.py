@@ -63,7 +63,7 @@ def test_dart_labels_are_the_experts_clean_commands(tmp_path):
     sim = MetaWorldSim('reach-v3', seed=5, image_size=32)
     try:
         sim.reset(5)
-        for label, command in list(zip(dart.array(0, 'action'), executed.array(0, 'action')))[:20]:
+        for label, command in list(zip(dart.array(0, 'action'), executed.array(0, 'action'), strict=True))[:20]:
             np.testing.assert_allclose(label, np.clip(sim.expert_action(), -1, 1), atol=1e-5)
             for _ in range(2):
                 sim.step(command)
