@@ -233,3 +233,13 @@ def test_setup_builds_a_clean_copy_of_the_tree(tmp_path):
     seconds, out = run_setup(tree, env)
     assert 'colcon build' not in out
     assert seconds < 10.0
+
+
+def test_the_type_checker_covers_every_python_package():
+    """mypy.ini's `files` names every Python package of src/ (a new package is checked too)."""
+    import configparser
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / 'mypy.ini')
+    checked = {Path(f.strip()).name for f in ini['mypy']['files'].split(',') if f.strip()}
+    python_packages = {p.parent.name for p in (ROOT / 'src').glob('*/setup.py')}
+    assert python_packages and python_packages == checked

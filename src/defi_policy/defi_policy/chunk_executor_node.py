@@ -32,7 +32,7 @@ from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from defi_core.runtime.chunk_schedule import ChunkSchedule, parse_limits
+from defi_core.runtime.chunk_schedule import Chunk, ChunkSchedule, parse_limits
 from defi_core.runtime.outputs import joint_positions, resolve_twist_axes, twist_components, zero_action
 from defi_core.runtime.safety import SafetyLatch, StopReason, all_finite
 from defi_core.runtime.timing import BackJumpDetector
@@ -96,7 +96,7 @@ class ChunkExecutorNode(DefiNode):
         self._last_dim = 0
         self._last_names: tuple = ()
         self._twist_axes = None
-        self._forwarded = None       # output_mode chunk: the chunk last sent whole
+        self._forwarded: Chunk | None = None      # output_mode chunk: the chunk last sent whole
 
     def setup(self) -> None:
         p = self.params
