@@ -241,5 +241,6 @@ def test_the_type_checker_covers_every_python_package():
     ini = configparser.ConfigParser()
     ini.read(ROOT / 'mypy.ini')
     checked = {Path(f.strip()).name for f in ini['mypy']['files'].split(',') if f.strip()}
-    python_packages = {p.parent.name for p in (ROOT / 'src').glob('*/*/__init__.py') if p.parent.name == p.parent.parent.name}
+    python_packages = {p.parent.name for p in (ROOT / 'src').glob('*/*/__init__.py')
+                       if p.parent.name == p.parent.parent.name}
     assert python_packages and python_packages == checked
