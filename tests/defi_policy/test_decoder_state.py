@@ -60,6 +60,14 @@ def test_decoder_needs_joint_states_when_the_checkpoint_has_state(ros_context, s
         assert c.header.stamp.sec * 10**9 + c.header.stamp.nanosec == stamp
         assert (c.horizon, c.action_dim, list(c.names)) == (cfg.horizon, 4, ['x', 'y', 'z', 'g'])
         assert c.dt == pytest.approx(0.05) and np.all(np.isfinite(c.data))
+        # the sampler is seeded by the stamp: the same observation decodes to the same chunk, another
+        # observation (stamp) to another draw
+        chunks = len(probe.msgs('defi/action_chunk'))
+        for again in (stamp, stamp + 1):
+            node.decode(again, feats, tokens, lang, 'stack the blocks', np.array([-0.2, 0.3], np.float32))
+        assert spin(ex, lambda: len(probe.msgs('defi/action_chunk')) >= chunks + 2, timeout_s=5)
+        same, other = probe.msgs('defi/action_chunk')[-2:]
+        assert list(same.data) == list(c.data) and list(other.data) != list(c.data)
     finally:
         shutdown(ex, [node, probe.node])
 

@@ -233,9 +233,12 @@ class ActionDecoderNode(DefiNode):
             return
         policy = self.require_policy()
         t0 = time.perf_counter()
+        # the sampler's noise is seeded by the observation's stamp: the same observation gives the
+        # same chunk, so a lockstep sim run (sim-time stamps) repeats exactly, as defi-eval's in-process one
+        generator = torch.Generator().manual_seed(int(stamp) & 0x7FFF_FFFF_FFFF_FFFF)
         with model_call():
             state_t = None if state is None else torch.from_numpy(state)[None]
-            chunk = policy.decode_actions(feats, tokens, lang, state_t)
+            chunk = policy.decode_actions(feats, tokens, lang, state_t, generator=generator)
         actions = chunk[0].float().cpu().numpy()
         if not all_finite(actions):
             # published anyway: the executor must see it and command a stop now
