@@ -30,7 +30,7 @@ import yaml
 
 __all__ = ['ConfigError', 'setting', 'field_help', 'coerce', 'from_dict', 'check_fields', 'to_dict',
            'parse_override', 'is_override', 'format_override', 'apply_overrides', 'read_yaml', 'load',
-           'save', 'describe']
+           'save', 'describe', 'field_default']
 
 
 class ConfigError(ValueError):
@@ -194,11 +194,11 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _default(cls: type, name: str) -> Any:
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory); dataclasses.MISSING if it has none."""
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    return None if f.default is dataclasses.MISSING else f.default
+    return f.default
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -306,11 +306,10 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], cls: type,
                 node[part] = value
             elif (typing.get_origin(hint) or hint) is dict and depth == len(parts) - 2:
                 if not isinstance(node.get(part), dict):     # not given yet: one more key on the default
-                    node[part] = dict(_default(owner, part) or {})
-                node[part][parts[-1]] = value
-                if part not in open_sections:
-                    _, item = typing.get_args(hint) or (str, Any)
-                    node[part][parts[-1]] = coerce(value, item, key)
+                    default = field_default({f.name: f for f in dataclasses.fields(owner)}[part])
+                    node[part] = dict(default) if isinstance(default, dict) else {}
+                _, item = typing.get_args(hint) or (str, Any)
+                node[part][parts[-1]] = value if part in open_sections else coerce(value, item, key)
             else:
                 raise ConfigError(f'unknown key ({".".join(parts[:depth + 1])!r} is not a section)', key)
             break
@@ -374,11 +373,8 @@ def describe(cls: type, prefix: str = '', skip: Iterable[str] = ()) -> list[str]
         if _is_section(hint):
             lines += describe(hint, f'{prefix}{f.name}.')
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
+        default = field_default(f)
+        if default is dataclasses.MISSING:
             default = '(required)'
         if isinstance(default, tuple):
             default = list(default)

@@ -46,11 +46,10 @@ def descriptor(f: dataclasses.Field, hint: Any, help: str = '') -> ParameterDesc
 
 
 def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    raise TypeError(f'parameter {f.name} needs a default')
+    default = config_io.field_default(f)
+    if default is dataclasses.MISSING:
+        raise TypeError(f'parameter {f.name} needs a default')
+    return default
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -147,8 +147,11 @@ def _sections_from_null(d: dict[str, Any]) -> dict[str, Any]:
 
 def load_topic_map(path: str | Path | None = None, overrides: list[str] | None = None) -> TopicMap:
     """TopicMap from a YAML file (None: the defaults) plus `key=value` overrides."""
-    overrides = list(overrides or [])
-    tm = config_io.load(TopicMap, path, overrides, what='data config', prepare=_sections_from_null)
-    tm.fps_explicit = bool(path and 'fps' in config_io.read_yaml(path, 'data config')) or \
-        any(config_io.parse_override(o)[0] == 'fps' for o in overrides)
+    given: dict[str, bool] = {}
+
+    def prepare(data: dict[str, Any]) -> dict[str, Any]:
+        given['fps'] = 'fps' in data        # the file or an override set it
+        return _sections_from_null(data)
+    tm = config_io.load(TopicMap, path, overrides or [], what='data config', prepare=prepare)
+    tm.fps_explicit = given['fps']
     return tm
