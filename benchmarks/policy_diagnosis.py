@@ -9,7 +9,9 @@ initial states and on unseen ones, and what the failed episodes did.
    the held-out episodes (the same split training used), in robot units. Two references: the
    mean-action baseline (predict the training mean everywhere) and the demonstrations' own noise
    (the Gaussian noise added to the expert's dx, dy, dz when they were recorded: no policy can
-   predict it, so it is the floor of the error).
+   predict it, so it is the floor of the error). And whether the policy reads the target from the
+   image at all: on each held-out episode's first frame only the image differs (all start from the
+   same arm pose): the share of the demonstrated first dx, dy, dz's spread the predictions explain.
 2. Closed loop, in-process (defi_sim.evaluate.run_inprocess, the action sampler seeded per episode):
    on the initial states the demonstrations were recorded from (seeds 0..) and on unseen ones
    (seeds 1000..).
@@ -92,6 +94,42 @@ def open_loop(policy, cache, episodes, rows: int, seed: int, batch: int = 64) ->
     return {'first_step_mse': first / count, 'chunk_mse': chunk / count, 'rows': count}
 
 
+@torch.no_grad()
+def first_frame_reading(policy, cache, episodes) -> dict:
+    """Does the policy read the target from the image? Every demonstration starts from the same arm
+    pose, so on an episode's first frame the state is the same for all of them and only the image
+    tells where the object is. Per task, the share of the demonstrated first dx, dy, dz's spread
+    across those episodes that the predictions explain, 1 - var(demonstrated - predicted) /
+    var(demonstrated), for each component whose spread is well above the recording noise (the
+    action sampler starts from the same noise each time): 0 means the same action whatever the
+    picture shows, 1 that the policy reads the target."""
+    from defi_training.dataset import ClipDataset
+    cfg = policy.cfg
+    ds = ClipDataset(cache, num_future_frames=cfg.num_future_frames, future_stride=cfg.future_stride,
+                     frame_gap=cfg.frame_gap, horizon=cfg.horizon, require_actions=True,
+                     cameras=list(cfg.cameras), episodes=episodes)
+    starts = np.concatenate([[0], np.cumsum([cache.episode_length(e) for e in episodes])[:-1]])
+    pred, true, tasks = [], [], []
+    for i in starts:
+        item = ds[int(i)]
+        obs = {'observation.images': item['observation.images'][None], 'task': [item['task']]}
+        if cfg.state_dim > 0:
+            obs['observation.state'] = item['observation.state'][None]
+        pred.append(policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))[0, 0, :3])
+        true.append(item['action'][0, :3])
+        tasks.append(item['task'])
+    pred_a, true_a = torch.stack(pred).numpy(), torch.stack(true).numpy()
+    explained = {}
+    for task in sorted(set(tasks)):
+        rows = [k for k, t in enumerate(tasks) if t == task]
+        y, p = true_a[rows], pred_a[rows]
+        dims = [k for k in range(3) if y[:, k].std() > 0.2]    # recording noise: 0.1 per component
+        if len(rows) > 2 and dims:
+            explained[task] = float(np.mean([1.0 - (y[:, k] - p[:, k]).var() / y[:, k].var() for k in dims]))
+    return {'explained': explained, 'mean': float(np.mean(list(explained.values()))) if explained else None,
+            'episodes': len(starts)}
+
+
 def reference_errors(cache, train_eps, eval_eps) -> dict:
     """The mean-action baseline's MSE on eval_eps and the floor set by the recording noise."""
     acts = np.concatenate([np.asarray(cache.array(e, 'action')) for e in train_eps])
@@ -151,10 +189,10 @@ def classify_failure(trajectory: dict, expert: dict) -> str:
     return 'wanders'
 
 
-def closed_loop(policy, tasks, seed: int, episodes: int, max_steps: int, log) -> tuple:
+def closed_loop(policy, tasks, seed: int, episodes: int, max_steps: int, log, cameras=()) -> tuple:
     from defi_sim.evaluate import EvalConfig, run_inprocess
     config = EvalConfig(tasks=tuple(tasks), episodes=episodes, seed=seed, max_steps=max_steps,
-                        record_trajectory=True)
+                        cameras=tuple(cameras), record_trajectory=True)
     results, _ = run_inprocess(policy, config, log=log)
     per_task, kinds = {}, {k: 0 for k in FAILURE_KINDS}
     for ep in results:
@@ -181,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument('--max-steps', type=int, default=300)
     ap.add_argument('--rows', type=int, default=512, help='open-loop rows sampled per split')
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--cameras', nargs='+', default=(),
+                    help="'<view>=<MuJoCo camera>' for the policy's views (default: every view on 'corner')")
     ap.add_argument('--label', default='', help='what this checkpoint changed (for the experiments table)')
     ap.add_argument('--skip-seen', action='store_true', help='no closed loop on the demonstrations\' seeds')
     ap.add_argument('--out', help='JSON path (default benchmarks/results/policy_diagnosis.json)')
@@ -203,11 +243,12 @@ def main(argv=None) -> int:
     ol_train = open_loop(policy, cache, train_eps, args.rows, seed=0)
     ol_val = open_loop(policy, cache, val_eps or train_eps, args.rows, seed=1)
     refs = reference_errors(cache, train_eps, val_eps or train_eps)
+    reading = first_frame_reading(policy, cache, val_eps or train_eps)
     quiet = lambda _msg: None  # noqa: E731
     seen_rates, seen_kinds, _ = ({}, {k: 0 for k in FAILURE_KINDS}, None) if args.skip_seen else \
-        closed_loop(policy, tasks, 0, args.episodes, args.max_steps, quiet)
+        closed_loop(policy, tasks, 0, args.episodes, args.max_steps, quiet, args.cameras)
     unseen_rates, unseen_kinds, chunk_ms = closed_loop(policy, tasks, EVAL_SEED_OFFSET, args.episodes,
-                                                       args.max_steps, quiet)
+                                                       args.max_steps, quiet, args.cameras)
 
     print(f'checkpoint {checkpoint}  cache {cache_path}  ({len(train_eps)} train / {len(val_eps)} held-out '
           f'episodes)')
@@ -217,6 +258,9 @@ def main(argv=None) -> int:
     print(f"| held-out episodes | {ol_val['first_step_mse']:.4f} | {ol_val['chunk_mse']:.4f} |")
     print(f"| mean-action baseline (held-out) | {refs['mean_action_mse']:.4f} | |")
     print(f"| recording-noise floor | {refs['noise_floor_mse']:.4f} | |")
+    print(f"\nreads the image: share of the demonstrated first dx, dy, dz's spread explained, on "
+          f"{reading['episodes']} held-out first frames (only the image differs; 0 = ignores it): "
+          + ', '.join(f'{t} {v:.2f}' for t, v in reading['explained'].items()))
     print('\n| task | demo seeds | unseen seeds |')
     print('|---|---:|---:|')
     for t in tasks:
@@ -232,6 +276,7 @@ def main(argv=None) -> int:
         'checkpoint': str(checkpoint), 'cache': str(cache_path), 'label': args.label,
         'episodes_per_task': args.episodes, 'max_steps': args.max_steps,
         'open_loop': {'train': ol_train, 'held_out': ol_val, **refs},
+        'first_frame_reading': reading,
         'seen_seeds': {'tasks': seen_rates, 'mean': ms, 'failures': seen_kinds},
         'unseen_seeds': {'tasks': unseen_rates, 'mean': mu, 'failures': unseen_kinds},
         'reported_apart': list(APART), 'chunk_ms_median': chunk_ms}, args.out)

@@ -155,6 +155,39 @@ def test_video_former_and_action_head_shapes():
     assert len(calls) == 4
 
 
+def test_state_dropout_blanks_only_the_dropped_samples_state_token():
+    cfg = tiny_cfg(state_dim=3)
+    head = ActionHead(cfg, None)
+    lang, video, state = torch.randn(2, cfg.text_dim), torch.randn(2, 4, cfg.vf_dim), torch.randn(2, 3)
+    full = head.encode_context(lang, video, state=state)
+    kept = head.encode_context(lang, video, state=state, state_keep=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(kept[0], full[0])
+    other_state = head.encode_context(lang, video, state=state * 5, state_keep=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(other_state[1], kept[1])    # a dropped sample's state has no effect
+    assert not torch.allclose(kept[1], full[1])
+
+
+def test_context_regression_alone_trains_the_context():
+    """context_regression_weight > 0: the context's gradient is exactly the direct regression's,
+    the denoiser's stops at it; the denoiser still learns (its own weights get gradients)."""
+    actions = torch.rand(3, 10, 4) * 2 - 1
+
+    def context_grad(weight):
+        torch.manual_seed(0)
+        head = ActionHead(tiny_cfg(context_regression_weight=weight), None)
+        ctx = torch.randn(3, 5, head.cfg.head_dim, requires_grad=True)
+        loss, _ = head.loss(ctx, actions)
+        loss.backward()
+        return head, ctx
+    head, ctx = context_grad(0.5)
+    direct = head.context_regression(ctx.mean(1)).view_as(actions)
+    expected, = torch.autograd.grad(0.5 * ((direct - actions) ** 2).mean(), ctx)
+    torch.testing.assert_close(ctx.grad, expected)
+    assert head.action_out.weight.grad.abs().sum() > 0
+    plain, ctx0 = context_grad(0.0)
+    assert plain.context_regression is None and ctx0.grad.abs().sum() > 0   # off: the denoiser trains it
+
+
 def _overfit(module_loss, params, steps=40, lr=2e-3, eval_loss=None):
     opt = torch.optim.Adam(params, lr=lr)
 

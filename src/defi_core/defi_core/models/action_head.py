@@ -33,9 +33,15 @@ class ActionHead(nn.Module):
         self.decoder = nn.ModuleList(Block(d, cfg.head_heads, cross=True) for _ in range(cfg.head_decoder_depth))
         self.dec_norm = nn.LayerNorm(d)
         self.action_out = nn.Linear(d, cfg.action_dim)
+        # training only (cfg.context_regression_weight): the chunk read linearly off the context
+        self.context_regression = (nn.Linear(d, cfg.horizon * cfg.action_dim)
+                                   if cfg.context_regression_weight > 0 else None)
 
-    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None):
-        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D]."""
+    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None, state_keep=None):
+        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D].
+
+        state_keep: optional [B] 0/1 (training's state dropout): 0 blanks that sample's state token
+        to its type embedding alone, a token no real state produces."""
         parts = [self.lang_proj(lang)[:, None] + self.type_emb[0],
                  self.vf_proj(video_tokens) + self.type_emb[1]]
         if self.latent_proj is not None:
@@ -45,7 +51,10 @@ class ActionHead(nn.Module):
         if self.state_proj is not None:
             if state is None:
                 raise ValueError(f'state_dim={self.cfg.state_dim}: observation.state is required')
-            parts.append(self.state_proj(state)[:, None] + self.type_emb[3])
+            token = self.state_proj(state)
+            if state_keep is not None:
+                token = token * state_keep.to(token.dtype)[:, None]
+            parts.append(token[:, None] + self.type_emb[3])
         x = torch.cat(parts, dim=1)
         for blk in self.encoder:
             x = blk(x)
@@ -88,12 +97,18 @@ class ActionHead(nn.Module):
         else:
             sigma = torch.full((b,), float(sigma), device=actions.device)
         noisy = actions + torch.randn_like(actions) * sigma.view(-1, 1, 1)
-        denoised = self.denoise(noisy, sigma, context)
+        # With the context regression on, the context learns from it alone: the denoiser's
+        # gradient, large and noisy at low noise levels, otherwise drowns what the image tells
+        # (the context stayed blind to the object; benchmarks/results/policy_diagnosis.md).
+        denoised = self.denoise(noisy, sigma, context.detach() if self.context_regression is not None else context)
         weight = (sigma ** 2 + cfg.action_sigma_data ** 2) / (sigma * cfg.action_sigma_data) ** 2
-        err = ((denoised - actions) ** 2).mean(-1)               # [B, H]
-        if is_pad is not None:
-            keep = (~is_pad.bool()).float()
-            per_sample = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
-        else:
-            per_sample = err.mean(1)
-        return (weight * per_sample).mean(), per_sample.mean().detach()
+        keep = (~is_pad.bool()).float() if is_pad is not None else actions.new_ones(actions.shape[:2])
+
+        def masked_mean(err):                                  # [B, H] -> [B]
+            return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
+        per_sample = masked_mean(((denoised - actions) ** 2).mean(-1))
+        loss = (weight * per_sample).mean()
+        if self.context_regression is not None:
+            direct = self.context_regression(context.mean(1)).view_as(actions)
+            loss = loss + cfg.context_regression_weight * masked_mean(((direct - actions) ** 2).mean(-1)).mean()
+        return loss, per_sample.mean().detach()
