@@ -28,16 +28,8 @@ def test_unknown_preset_and_fields_are_named():
         preset('tiny', text_dim=64)            # MiniLM gives 384
     with pytest.raises(ValueError, match='scratch'):
         preset('tiny', backbone='scratch')     # needs idm_type='none'
-    with pytest.raises(ValueError, match='image_stem'):
-        preset('tiny', image_stem='resnet')
-    with pytest.raises(ValueError, match='patch_size'):
-        preset('tiny', image_stem='conv', image_size=60, patch_size=6)   # the stem halves the image
     with pytest.raises(ValueError, match='context_regression_weight'):
         preset('tiny', context_regression_weight=-1.0)
-    with pytest.raises(ValueError, match='state_dropout'):
-        preset('tiny', state_dropout=1.0)
-    with pytest.raises(ValueError, match='local_encoder'):
-        preset('tiny', backbone='scratch', idm_type='none', local_encoder=True)
 
 
 def test_yaml_and_json_roundtrip(tmp_path):
@@ -60,9 +52,6 @@ def test_ablation_switches_build_the_right_modules():
     assert p.gidm is None and type(p.idm).__name__ == 'MLPIDM'
     p = DefiPolicy(preset('tiny', text_encoder='hash', backbone='scratch', idm_type='none'))
     assert p.gfdm is None and p.image_encoder is not None
-    p = DefiPolicy(preset('tiny', text_encoder='hash', local_encoder=True, image_stem='conv'))
-    assert p.gfdm is not None and p.image_encoder is not None and p.image_encoder.stem is not None
-    assert p.cfg.feature_frames == p.cfg.num_future_frames + 1
     assert preset('tiny', gfdm_pretrained=False).gfdm_trainable
     assert preset('tiny', train_gfdm=True).gfdm_trainable
     assert not preset('tiny').gfdm_trainable

@@ -155,18 +155,6 @@ def test_video_former_and_action_head_shapes():
     assert len(calls) == 4
 
 
-def test_state_dropout_blanks_only_the_dropped_samples_state_token():
-    cfg = tiny_cfg(state_dim=3)
-    head = ActionHead(cfg, None)
-    lang, video, state = torch.randn(2, cfg.text_dim), torch.randn(2, 4, cfg.vf_dim), torch.randn(2, 3)
-    full = head.encode_context(lang, video, state=state)
-    kept = head.encode_context(lang, video, state=state, state_keep=torch.tensor([1.0, 0.0]))
-    torch.testing.assert_close(kept[0], full[0])
-    other_state = head.encode_context(lang, video, state=state * 5, state_keep=torch.tensor([1.0, 0.0]))
-    torch.testing.assert_close(other_state[1], kept[1])    # a dropped sample's state has no effect
-    assert not torch.allclose(kept[1], full[1])
-
-
 def test_context_regression_alone_trains_the_context():
     """context_regression_weight > 0: the context's gradient is exactly the direct regression's,
     the denoiser's stops at it; the denoiser still learns (its own weights get gradients)."""

@@ -20,11 +20,7 @@ CASES = {
     'transformer': (dict(idm_type='transformer'), ('coupling.', 'idm_ablation.') + HEAD_PARTS),
     'adapter_only': (dict(idm_type='none'), HEAD_PARTS),
     'bc_scratch': (dict(backbone='scratch', idm_type='none'), ('image_encoder.',) + HEAD_PARTS),
-    'bc_scratch_conv_stem': (dict(backbone='scratch', idm_type='none', image_stem='conv'),
-                             ('image_encoder.',) + HEAD_PARTS),
     'context_regression': (dict(context_regression_weight=1.0), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
-    'local_encoder': (dict(local_encoder=True, image_stem='conv'),
-                      ('image_encoder.', 'coupling.') + GIDM_POLICY_PARTS + HEAD_PARTS),
 }
 
 

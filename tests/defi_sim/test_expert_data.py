@@ -73,23 +73,6 @@ def test_dart_labels_are_the_experts_clean_commands(tmp_path):
         ExpertDataConfig(labels='clean')
 
 
-def test_hand_jitter_starts_each_episode_elsewhere(tmp_path):
-    """hand_jitter: every episode starts from its own hand pose (drawn from its seed, never lower
-    than the usual start), the objects are where the seed puts them, and the expert still succeeds."""
-    base = dict(tasks=('reach',), episodes=2, seed=3, image_size=32, extra_observations=0)
-    plain = write_expert_cache(ExpertDataConfig(**base), tmp_path / 'a', log=lambda s: None)
-    jit = write_expert_cache(ExpertDataConfig(**base, hand_jitter=0.1), tmp_path / 'b', log=lambda s: None)
-    offsets = [jit.episode_info(e)['hand_offset'] for e in range(2)]
-    assert offsets[0] != offsets[1] and all(max(map(abs, o)) <= 0.1 and o[2] >= 0 for o in offsets)
-    assert plain.episode_info(0)['hand_offset'] is None
-    assert not np.allclose(jit.array(0, 'observation.state')[0], plain.array(0, 'observation.state')[0], atol=1e-3)
-    assert all(jit.episode_info(e)['success'] for e in range(2))
-    again = write_expert_cache(ExpertDataConfig(**base, hand_jitter=0.1), tmp_path / 'c', log=lambda s: None)
-    np.testing.assert_array_equal(again.array(1, 'observation.state'), jit.array(1, 'observation.state'))
-    with pytest.raises(ValueError, match='hand_jitter'):
-        ExpertDataConfig(hand_jitter=0.5)
-
-
 def test_cli_rejects_an_unknown_task_and_keeps_no_partial_cache(tmp_path, capsys):
     out = tmp_path / 'c'
     assert defi_sim_main(['dataset', '--tasks', 'reach', 'fly-to-the-moon', '--out', str(out)]) == 2

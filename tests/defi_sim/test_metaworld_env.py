@@ -57,15 +57,6 @@ def test_first_observation_shows_the_object_where_it_is(sim):
     assert np.abs(sim.render()['front'].astype(int) - frame).mean() < 0.5
 
 
-def test_hand_offset_moves_only_the_hand(sim):
-    home = sim.reset(7).copy()
-    moved = sim.reset(7, hand_offset=[0.05, -0.04, 0.06]).copy()
-    np.testing.assert_allclose(moved[:3] - home[:3], [0.05, -0.04, 0.06], atol=0.01)
-    np.testing.assert_allclose(moved[4:7], home[4:7], atol=1e-6)   # the drawer stays where seed 7 put it
-    np.testing.assert_array_equal(moved[18:21], moved[:3])         # no motion in the first frame
-    np.testing.assert_array_equal(sim.reset(7), home)              # the next plain reset is the usual one
-
-
 def test_render_named_cameras_at_the_configured_size(sim):
     sim.reset(1)
     frames = sim.render()

@@ -18,7 +18,6 @@ SCHEMA_VERSION = 2
 
 IDM_TYPES = ('gidm', 'mlp', 'transformer', 'none')
 BACKBONES = ('gfdm', 'scratch')
-IMAGE_STEMS = ('patch', 'conv')
 TEXT_ENCODERS = ('minilm', 'hash')
 
 
@@ -100,13 +99,8 @@ class DefiConfig:
                                          # image, latent actions and state say) by a direct MSE from
                                          # its mean token to the chunk, with this weight, and stops
                                          # the denoiser's gradient at the context
-    state_dropout: float = 0.0           # finetuning: share of samples whose state token is blanked,
-                                         # so the policy must find the target in the image too
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
-    image_stem: str = 'patch'            # scratch encoder's input: 'patch' (linear, ViT) | 'conv'
-    local_encoder: bool = False          # gfdm backbone: the current views also pass a trainable
-                                         # scratch encoder; its tokens are one more feature frame
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
     gidm_pretrained: bool = True         # False: training does not load a GIDM stage checkpoint
     idm_type: str = 'gidm'               # 'gidm' | 'mlp' | 'transformer' | 'none' (adapter only)
@@ -134,11 +128,8 @@ class DefiConfig:
 
     @property
     def feature_frames(self) -> int:
-        """Frames in forward_features' output: T for GFDM (+1 with the local encoder), 1 for the
-        scratch encoder."""
-        if self.backbone != 'gfdm':
-            return 1
-        return self.num_future_frames + (1 if self.local_encoder else 0)
+        """Frames in forward_features' output: T for GFDM, 1 for the scratch encoder."""
+        return self.num_future_frames if self.backbone == 'gfdm' else 1
 
     @property
     def feature_dim(self) -> int:
@@ -181,8 +172,6 @@ class DefiConfig:
             bad('image_shift_px', f'must be in [0, image_size/2={self.image_size // 2})')
         if self.context_regression_weight < 0:
             bad('context_regression_weight', 'must be >= 0')
-        if not 0 <= self.state_dropout < 1:
-            bad('state_dropout', 'must be in [0, 1)')
         if not 0 <= self.n_action_steps <= self.horizon:
             bad('n_action_steps', f'must be in [0, horizon={self.horizon}]')
         if self.gfdm_warp_radius < 0:
@@ -202,14 +191,8 @@ class DefiConfig:
             bad('text_encoder', f'must be one of {TEXT_ENCODERS}')
         if self.text_encoder == 'minilm' and self.text_dim != 384:
             bad('text_dim', "must be 384 with text_encoder='minilm'")
-        if self.image_stem not in IMAGE_STEMS:
-            bad('image_stem', f'must be one of {IMAGE_STEMS}')
-        if self.image_stem == 'conv' and (self.patch_size & (self.patch_size - 1)):
-            bad('patch_size', "must be a power of 2 with image_stem='conv'")
         if self.head_sampler not in ('euler', 'heun'):
             bad('head_sampler', "must be 'euler' or 'heun'")
-        if self.backbone == 'scratch' and self.local_encoder:
-            bad('local_encoder', "is the gfdm backbone's extra encoder; backbone='scratch' is one already")
         if self.backbone == 'scratch' and self.idm_type != 'none':
             bad('idm_type', "backbone='scratch' predicts no future frames; use idm_type='none'")
 

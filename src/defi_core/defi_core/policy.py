@@ -57,12 +57,12 @@ class DefiPolicy(nn.Module):
         self.text_encoder = text_encoder or make_text_encoder(cfg.text_encoder, cfg.text_dim)
         if text_encoder is not None and getattr(text_encoder, 'dim', cfg.text_dim) != cfg.text_dim:
             raise ValueError(f'text encoder gives {text_encoder.dim}-d embeddings but cfg.text_dim={cfg.text_dim}')
-        # the video model, or (backbone='scratch') an image encoder instead; with local_encoder both
+        # exactly one of the two backbones exists (cfg.backbone)
         self.gfdm: GFDM | None = None
         self.image_encoder: ScratchImageEncoder | None = None
         if cfg.backbone == 'gfdm':
             self.gfdm = GFDM(cfg, self.text_encoder)
-        if cfg.backbone == 'scratch' or cfg.local_encoder:
+        else:
             self.image_encoder = ScratchImageEncoder(cfg)
         self.coupling = Coupling(cfg) if cfg.idm_type != 'none' else None
         self.gidm = GIDM(cfg, self.text_encoder) if cfg.idm_type == 'gidm' else None
@@ -143,20 +143,15 @@ class DefiPolicy(nn.Module):
         return as_embedding(self.text_encoder, lang, self.device)
 
     def forward_features(self, images, lang) -> torch.Tensor:
-        """images [B, V, 3, H, W] uint8 or float in [0,1] -> features [B, T, N, C]
-        (T = cfg.feature_frames: the local encoder's tokens, if any, are the last frame)."""
+        """images [B, V, 3, H, W] uint8 or float in [0,1] -> features [B, T, N, C]."""
         lang = self._lang(lang)
         if self.gfdm is None:
             assert self.image_encoder is not None        # __init__ makes one of the two
             return self.image_encoder(images)
         if self.cfg.gfdm_trainable and torch.is_grad_enabled():
-            feats = self.gfdm.features(images, lang)
-        else:
-            with torch.no_grad():
-                feats = self.gfdm.features(images, lang)
-        if self.image_encoder is not None:
-            feats = torch.cat([feats, self.image_encoder(images)], dim=1)
-        return feats
+            return self.gfdm.features(images, lang)
+        with torch.no_grad():
+            return self.gfdm.features(images, lang)
 
     def _latent(self, feats, lang):
         cfg = self.cfg
@@ -173,12 +168,11 @@ class DefiPolicy(nn.Module):
         codes, tokens, _ = self._latent(feats.to(self.device), self._lang(lang))
         return codes, tokens
 
-    def _context(self, feats, tokens, lang, state, state_keep=None):
+    def _context(self, feats, tokens, lang, state):
         vf = self.video_former(feats)
         if state is not None:
             state = self._require_normalizer().normalize('observation.state', state.to(self.device).float())
-        return self.action_head.encode_context(lang, vf, tokens if self.idm is not None else None, state,
-                                               state_keep)
+        return self.action_head.encode_context(lang, vf, tokens if self.idm is not None else None, state)
 
     def decode_actions(self, feats, tokens, lang, state=None, generator=None) -> torch.Tensor:
         """-> action chunk [B, horizon, action_dim] in robot units."""
@@ -258,13 +252,7 @@ class DefiPolicy(nn.Module):
         state = batch.get('observation.state') if self.cfg.state_dim > 0 else None
         if self.cfg.state_dim > 0 and state is None:
             raise KeyError(f"batch is missing 'observation.state' (state_dim={self.cfg.state_dim})")
-        keep = None
-        if self.training and state is not None and self.cfg.state_dropout > 0:
-            # The demonstrations start from one arm pose, so after a few steps the joint angles
-            # already tell where the arm is heading; a policy can fit them without ever reading
-            # the target from the image (and then, in closed loop, heads for the average target).
-            keep = (torch.rand(images.shape[0], device=self.device) >= self.cfg.state_dropout).float()
-        ctx = self._context(feats, tokens, lang, state, keep)
+        ctx = self._context(feats, tokens, lang, state)
         actions = norm.normalize('action', batch['action'].to(self.device).float())
         is_pad = batch.get('action_is_pad')
         action_loss, mse = self.action_head.loss(ctx, actions, None if is_pad is None else is_pad.to(self.device),

@@ -41,9 +41,6 @@ class ExpertDataConfig:
     steps_per_observation: int = 2     # 12.5 ms control steps per row: 40 fps
     max_steps: int = 500               # control steps per episode at most
     extra_observations: int = 10       # rows kept after success (the robot holding the goal)
-    hand_jitter: float = 0.0           # metres: each episode's hand starts up to this far from
-                                       # Meta-World's one start pose (uniform in x, y; z only up),
-                                       # so where the arm is no longer tells where it is heading
     with_actions: bool = True          # False: action-free video (pretraining data)
 
     def __post_init__(self):
@@ -52,8 +49,6 @@ class ExpertDataConfig:
             raise ValueError(f"labels: expected 'executed' or 'expert', got {self.labels!r}")
         if self.noise_std < 0 or self.extra_observations < 0 or self.seed < 0:
             raise ValueError('noise_std, extra_observations and seed must be >= 0')
-        if not 0 <= self.hand_jitter <= 0.15:
-            raise ValueError(f'hand_jitter: must be in [0, 0.15] metres, got {self.hand_jitter}')
 
     @property
     def fps(self) -> float:
@@ -64,13 +59,7 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
     """One expert episode on `sim` from the initial state of `seed` -> defi_training Episode."""
     from defi_training.sources import Episode
 
-    offset = None
-    if config.hand_jitter > 0:
-        offset = np.random.default_rng([seed, 1, int(config.hand_jitter * 1e6)]).uniform(
-            -config.hand_jitter, config.hand_jitter, size=3)
-        offset[2] = abs(offset[2])        # never below the start pose: from lower, the expert
-                                          # catches the door on its way
-    sim.reset(seed, hand_offset=offset)
+    sim.reset(seed)
     rng = np.random.default_rng([seed, int(config.noise_std * 1e6)])
     frames: dict[str, list[np.ndarray]] = {c.name: [] for c in sim.cameras}
     states, actions = [], []
@@ -108,7 +97,6 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
         action_names=list(ACTION_NAMES) if config.with_actions else [],
         extra={'name': f'{sim.task}_seed{seed:05d}', 'fps': config.fps, 'success': success_row is not None,
                'seed': seed, 'noise_std': config.noise_std, 'labels': config.labels,
-               'hand_offset': None if offset is None else [round(float(v), 4) for v in offset],
                'control_steps': sim.steps})
 
 

@@ -123,37 +123,19 @@ class MetaWorldSim:
         self.observation = self.reset(self.seed)
 
     # ------------------------------------------------------------------ episode
-    def reset(self, seed: int | None = None, hand_offset: Sequence[float] | None = None) -> np.ndarray:
-        """Start an episode from the initial state of `seed` (default: the current seed).
-
-        hand_offset: [dx, dy, dz] metres from Meta-World's fixed start pose of the hand (the
-        objects are placed as `seed` says either way)."""
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode from the initial state of `seed` (default: the current seed)."""
         if seed is not None:
             self.seed = int(seed)
         self.env.seed(self.seed)
         self.env.reset()
-        if hand_offset is not None and np.any(hand_offset):
-            obs = self._start_hand_at(np.asarray(hand_offset, dtype=np.float64).reshape(3))
-        else:
-            obs = self._first_observation()
+        obs = self._first_observation()
         # the hand hangs this far from its mocap target at rest (hold_position keeps it)
         self._mocap_offset = np.array(self.data.mocap_pos[0], dtype=np.float64) - self.ee_position()
         self.steps = 0
         self.success = False
         self.observation = np.asarray(obs, dtype=np.float64)
         return self.observation
-
-    def _start_hand_at(self, offset: np.ndarray) -> np.ndarray:
-        """Move the hand to its start pose + offset the way Meta-World places it at reset (its own
-        _reset_hand, which also records the start for the reward), -> the new observation."""
-        env = self.env
-        home = np.array(env.hand_init_pos, dtype=np.float64)
-        env.hand_init_pos = home + offset
-        try:
-            env._reset_hand()
-        finally:
-            env.hand_init_pos = home
-        return self._first_observation()
 
     def _first_observation(self) -> np.ndarray:
         """The observation of a fresh episode. Some tasks (drawer, window) move their object's

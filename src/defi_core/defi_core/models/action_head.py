@@ -37,11 +37,8 @@ class ActionHead(nn.Module):
         self.context_regression = (nn.Linear(d, cfg.horizon * cfg.action_dim)
                                    if cfg.context_regression_weight > 0 else None)
 
-    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None, state_keep=None):
-        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D].
-
-        state_keep: optional [B] 0/1 (training's state dropout): 0 blanks that sample's state token
-        to its type embedding alone, a token no real state produces."""
+    def encode_context(self, lang, video_tokens, latent_tokens=None, state=None):
+        """-> context [B, M, head_dim]. lang [B, text_dim]; video [B, Mv, vf_dim]; latent [B, Q, D]."""
         parts = [self.lang_proj(lang)[:, None] + self.type_emb[0],
                  self.vf_proj(video_tokens) + self.type_emb[1]]
         if self.latent_proj is not None:
@@ -51,10 +48,7 @@ class ActionHead(nn.Module):
         if self.state_proj is not None:
             if state is None:
                 raise ValueError(f'state_dim={self.cfg.state_dim}: observation.state is required')
-            token = self.state_proj(state)
-            if state_keep is not None:
-                token = token * state_keep.to(token.dtype)[:, None]
-            parts.append(token[:, None] + self.type_emb[3])
+            parts.append(self.state_proj(state)[:, None] + self.type_emb[3])
         x = torch.cat(parts, dim=1)
         for blk in self.encoder:
             x = blk(x)

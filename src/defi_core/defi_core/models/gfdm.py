@@ -245,18 +245,6 @@ def cfg_sigma(sigma, x):
     return sigma.expand(x.shape[0]) if sigma.dim() == 0 else sigma
 
 
-def conv_stem(dim: int, patch: int) -> nn.Sequential:
-    """3x3 convolutions, one stride-2 stage per halving, from an image to a [dim, H/patch, W/patch] grid."""
-    stages = patch.bit_length() - 1
-    widths = [32] + [min(dim, 32 * 2 ** i) for i in range(1, stages)] + [dim]
-    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1), nn.GroupNorm(8, widths[0]), nn.GELU()]
-    for i in range(stages):
-        layers += [nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
-        if i < stages - 1:
-            layers += [nn.GroupNorm(8, widths[i + 1]), nn.GELU()]
-    return nn.Sequential(*layers)
-
-
 class ScratchImageEncoder(nn.Module):
     """BC baseline backbone: a from-scratch ViT over the current views, no video model.
 
@@ -267,10 +255,7 @@ class ScratchImageEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, p = cfg.gfdm_dim, cfg.patch_size
-        # 'patch': one linear map per p x p patch (a ViT). 'conv': stride-2 3x3 convolutions down to
-        # the same token grid, which keeps where a small object lies inside a patch.
-        self.embed = nn.Linear(3 * p * p, d) if cfg.image_stem == 'patch' else None
-        self.stem = conv_stem(d, p) if cfg.image_stem == 'conv' else None
+        self.embed = nn.Linear(3 * p * p, d)
         self.pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, d) * 0.02)
         self.blocks = nn.ModuleList(Block(d, cfg.gfdm_heads) for _ in range(cfg.gfdm_depth))
         self.norm = nn.LayerNorm(d)
@@ -281,12 +266,7 @@ class ScratchImageEncoder(nn.Module):
             images = images[:, None]
         x = images_to_float(images.to(self.pos.device), cfg.image_size)
         b = x.shape[0]
-        if self.stem is not None:
-            grid = self.stem(x.reshape(-1, *x.shape[-3:]))            # [B*V, d, H/p, W/p]
-            h = grid.flatten(2).transpose(1, 2).reshape(b, cfg.tokens_per_frame, -1) + self.pos
-        else:
-            assert self.embed is not None
-            h = self.embed(patchify(x, cfg.patch_size).reshape(b, cfg.tokens_per_frame, -1)) + self.pos
+        h = self.embed(patchify(x, cfg.patch_size).reshape(b, cfg.tokens_per_frame, -1)) + self.pos
         for blk in self.blocks:
             h = blk(h)
         return self.norm(h)[:, None]
