@@ -65,15 +65,21 @@ def training_setup(checkpoint: Path, cache_arg: str | None):
     return cache, float(data.get('val_fraction', 0.1)), int(cfg.get('seed', 0))
 
 
+def policy_clips(policy, cache, episodes):
+    """The cache's rows of `episodes` as the policy's training saw them (its cameras and horizon)."""
+    from defi_training.dataset import ClipDataset
+    cfg = policy.cfg
+    return ClipDataset(cache, num_future_frames=cfg.num_future_frames, future_stride=cfg.future_stride,
+                       frame_gap=cfg.frame_gap, horizon=cfg.horizon, require_actions=True,
+                       cameras=list(cfg.cameras), episodes=episodes)
+
+
 @torch.no_grad()
 def open_loop(policy, cache, episodes, rows: int, seed: int, batch: int = 64) -> dict:
     """Mean squared error (robot units, per action component) of the predicted chunk's first step and
     of the whole chunk against the recorded actions, on up to `rows` sampled rows of `episodes`."""
-    from defi_training.dataset import ClipDataset
     cfg = policy.cfg
-    ds = ClipDataset(cache, num_future_frames=cfg.num_future_frames, future_stride=cfg.future_stride,
-                     frame_gap=cfg.frame_gap, horizon=cfg.horizon, require_actions=True,
-                     cameras=list(cfg.cameras), episodes=episodes)
+    ds = policy_clips(policy, cache, episodes)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds), size=min(rows, len(ds)), replace=False)
     first, chunk, count = 0.0, 0.0, 0
@@ -103,11 +109,8 @@ def first_frame_reading(policy, cache, episodes) -> dict:
     var(demonstrated), for each component whose spread is well above the recording noise (the
     action sampler starts from the same noise each time): 0 means the same action whatever the
     picture shows, 1 that the policy reads the target."""
-    from defi_training.dataset import ClipDataset
     cfg = policy.cfg
-    ds = ClipDataset(cache, num_future_frames=cfg.num_future_frames, future_stride=cfg.future_stride,
-                     frame_gap=cfg.frame_gap, horizon=cfg.horizon, require_actions=True,
-                     cameras=list(cfg.cameras), episodes=episodes)
+    ds = policy_clips(policy, cache, episodes)
     starts = np.concatenate([[0], np.cumsum([cache.episode_length(e) for e in episodes])[:-1]])
     pred, true, tasks = [], [], []
     for i in starts:

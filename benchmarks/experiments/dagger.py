@@ -19,62 +19,41 @@ import itertools
 import sys
 import time
 
-import numpy as np
 import torch
 
 from defi_sim.evaluate import _observation, _policy_state, load_eval_policy, sim_cameras_for
-from defi_sim.expert_data import ACTION_NAMES, ExpertDataConfig, expert_episodes
-from defi_sim.metaworld_env import ARM_JOINTS, MetaWorldSim
+from defi_sim.expert_data import ExpertDataConfig, expert_episode, expert_episodes
+from defi_sim.metaworld_env import MetaWorldSim
 from defi_sim.tasks import instruction_for
 
 STEPS_PER_OBSERVATION, MAX_STEPS, EXTRA = 2, 500, 10
 
 
-def rollout_episode(policy, sim, seed: int, fps: float):
+def rollout_episode(policy, sim, seed: int, config: ExpertDataConfig):
     """The policy drives (a new chunk per observation, its first row executed for one observation
     period, as `defi-eval`); every row is labelled with the expert's command in that state."""
-    from defi_training.sources import Episode
-    sim.reset(seed)
     policy.reset()
     generator = torch.Generator().manual_seed(seed)
     instruction = instruction_for(sim.task)
-    frames: dict[str, list] = {c.name: [] for c in sim.cameras}
-    states, labels = [], []
-    success_row = None
-    while True:
-        views = sim.render()
-        for name, image in views.items():
-            frames[name].append(image)
-        states.append(sim.joint_positions().astype(np.float32))
-        labels.append(np.clip(sim.expert_action(), -1.0, 1.0).astype(np.float32))
-        row = len(states) - 1
-        if success_row is None and sim.success:
-            success_row = row
-        if (success_row is not None and row - success_row >= EXTRA) or sim.steps >= MAX_STEPS:
-            break
+
+    def drive(views):
         obs = _observation(policy, views, instruction, _policy_state(policy, sim))
-        command = policy.predict_action_chunk(obs, generator=generator)[0, 0].detach().numpy()
-        command = np.clip(np.nan_to_num(command), -1.0, 1.0)
-        for _ in range(STEPS_PER_OBSERVATION):
-            sim.step(command)
-    n = len(states)
-    return Episode(
-        source=f'dagger:{sim.task}:seed{seed}', frames={k: np.stack(v) for k, v in frames.items()},
-        timestamps=np.arange(n, dtype=np.float64) / fps, task=sim.instruction, state=np.stack(states),
-        action=np.stack(labels), state_names=list(ARM_JOINTS), action_names=list(ACTION_NAMES),
-        extra={'name': f'{sim.task}_dagger{seed:05d}', 'fps': fps, 'success': success_row is not None,
-               'seed': seed, 'policy_driven': True, 'control_steps': sim.steps})
+        return policy.predict_action_chunk(obs, generator=generator)[0, 0].detach().numpy()
+    return expert_episode(sim, seed, config, driver=drive)
 
 
-def rollouts(policy, tasks, count: int, first_seed: int, fps: float, log=print):
+def rollouts(policy, tasks, count: int, first_seed: int, log=print):
     cameras = sim_cameras_for(policy.cfg.cameras)
+    config = ExpertDataConfig(tasks=tuple(tasks), image_size=policy.cfg.image_size, cameras=tuple(cameras),
+                              steps_per_observation=STEPS_PER_OBSERVATION, max_steps=MAX_STEPS,
+                              extra_observations=EXTRA)
     for task in tasks:
         sim = MetaWorldSim(task, seed=first_seed, cameras=cameras, image_size=policy.cfg.image_size,
                            max_episode_steps=MAX_STEPS)
         wins, start = 0, time.monotonic()
         try:
             for e in range(count):
-                episode = rollout_episode(policy, sim, first_seed + e, fps)
+                episode = rollout_episode(policy, sim, first_seed + e, config)
                 wins += bool(episode.extra['success'])
                 yield episode
         finally:
@@ -93,7 +72,6 @@ def main(argv=None) -> int:
     p.add_argument('--jobs', type=int, default=2)
     args = p.parse_args(argv)
 
-    from defi_core.checkpoint import checkpoint_facts
     from defi_training.cache import write_cache
     from defi_training.sources import Report
     policy = load_eval_policy(args.checkpoint)
@@ -101,9 +79,8 @@ def main(argv=None) -> int:
     demos = ExpertDataConfig(tasks=tasks, episodes=args.demos, seed=0, noise_std=args.noise,
                              image_size=policy.cfg.image_size, cameras=tuple(sim_cameras_for(policy.cfg.cameras)),
                              steps_per_observation=STEPS_PER_OBSERVATION)
-    fps = checkpoint_facts(policy).fps or demos.fps
     episodes = itertools.chain(expert_episodes(demos, args.jobs),
-                               rollouts(policy, tasks, args.rollouts, args.rollout_seed, fps))
+                               rollouts(policy, tasks, args.rollouts, args.rollout_seed))
     cache = write_cache(episodes, args.out, report=Report(), sources=[
         f'expert demos seeds 0..{args.demos - 1} noise {args.noise}',
         f'dagger rollouts of {args.checkpoint} seeds {args.rollout_seed}..{args.rollout_seed + args.rollouts - 1}'])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from defi_sim.expert_data import ExpertDataConfig, write_expert_cache
+from defi_sim.expert_data import ExpertDataConfig, expert_episode, write_expert_cache
 from defi_sim.metaworld_env import MetaWorldSim
 from defi_sim.record import main as defi_sim_main
 
@@ -71,6 +71,24 @@ def test_dart_labels_are_the_experts_clean_commands(tmp_path):
         sim.close()
     with pytest.raises(ValueError, match="labels: expected 'executed' or 'expert'"):
         ExpertDataConfig(labels='clean')
+
+
+def test_a_driver_moves_the_arm_and_the_expert_labels_each_state():
+    """driver (DAgger): the driver's command moves the arm, the expert's clean command is the label."""
+    config = ExpertDataConfig(tasks=('reach',), image_size=32, extra_observations=0, max_steps=20)
+    command = np.array([0.6, -0.3, 0.2, -1.0])
+    sim = MetaWorldSim('reach-v3', seed=5, image_size=32)
+    try:
+        episode = expert_episode(sim, 5, config, driver=lambda views: command)
+        assert episode.extra['policy_driven'] and episode.extra['labels'] == 'expert'
+        sim.reset(5)
+        for row, label in enumerate(episode.action):
+            np.testing.assert_allclose(episode.state[row], sim.joint_positions(), atol=1e-5)
+            np.testing.assert_allclose(label, np.clip(sim.expert_action(), -1, 1), atol=1e-5)
+            for _ in range(2):
+                sim.step(command)
+    finally:
+        sim.close()
 
 
 def test_cli_rejects_an_unknown_task_and_keeps_no_partial_cache(tmp_path, capsys):

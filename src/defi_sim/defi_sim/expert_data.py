@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -55,8 +55,12 @@ class ExpertDataConfig:
         return 1.0 / (self.steps_per_observation * CONTROL_DT_S)
 
 
-def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
-    """One expert episode on `sim` from the initial state of `seed` -> defi_training Episode."""
+def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig,
+                   driver: Callable[[dict], np.ndarray] | None = None):
+    """One expert episode on `sim` from the initial state of `seed` -> defi_training Episode.
+
+    driver: views -> command. When given, it moves the arm instead of the expert (DAgger: a policy
+    drives) and every row is labelled with the expert's clean command in the state reached."""
     from defi_training.sources import Episode
 
     sim.reset(seed)
@@ -70,11 +74,15 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
             frames[name].append(image)
         states.append(sim.joint_positions().astype(np.float32))
         expert = sim.expert_action().astype(np.float64)
-        action = expert.copy()
-        if config.noise_std > 0:
-            action[:3] += rng.normal(0.0, config.noise_std, size=3)
-        action = np.clip(action, -1.0, 1.0)
-        label = np.clip(expert, -1.0, 1.0) if config.labels == 'expert' else action
+        if driver is not None:
+            action = np.clip(np.nan_to_num(driver(views)), -1.0, 1.0)
+            label = np.clip(expert, -1.0, 1.0)
+        else:
+            action = expert.copy()
+            if config.noise_std > 0:
+                action[:3] += rng.normal(0.0, config.noise_std, size=3)
+            action = np.clip(action, -1.0, 1.0)
+            label = np.clip(expert, -1.0, 1.0) if config.labels == 'expert' else action
         actions.append(label.astype(np.float32))
         row = len(states) - 1
         if success_row is None and sim.success:
@@ -86,8 +94,9 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
         for _ in range(config.steps_per_observation):
             sim.step(action)
     n = len(states)
+    driven = driver is not None
     return Episode(
-        source=f'metaworld:{sim.task}:seed{seed}',
+        source=f'{"policy" if driven else "metaworld"}:{sim.task}:seed{seed}',
         frames={name: np.stack(images) for name, images in frames.items()},
         timestamps=np.arange(n, dtype=np.float64) / config.fps,
         task=sim.instruction,
@@ -95,8 +104,9 @@ def expert_episode(sim: MetaWorldSim, seed: int, config: ExpertDataConfig):
         action=np.stack(actions) if config.with_actions else None,
         state_names=list(ARM_JOINTS),
         action_names=list(ACTION_NAMES) if config.with_actions else [],
-        extra={'name': f'{sim.task}_seed{seed:05d}', 'fps': config.fps, 'success': success_row is not None,
-               'seed': seed, 'noise_std': config.noise_std, 'labels': config.labels,
+        extra={'name': f'{sim.task}_{"policy" if driven else "seed"}{seed:05d}', 'fps': config.fps,
+               'success': success_row is not None, 'seed': seed, 'noise_std': 0.0 if driven else config.noise_std,
+               'labels': 'expert' if driven else config.labels, 'policy_driven': driven,
                'control_steps': sim.steps})
 
 
