@@ -28,8 +28,6 @@ def test_unknown_preset_and_fields_are_named():
         preset('tiny', text_dim=64)            # MiniLM gives 384
     with pytest.raises(ValueError, match='scratch'):
         preset('tiny', backbone='scratch')     # needs idm_type='none'
-    with pytest.raises(ValueError, match='context_regression_weight'):
-        preset('tiny', context_regression_weight=-1.0)
 
 
 def test_yaml_and_json_roundtrip(tmp_path):

@@ -20,7 +20,8 @@ CASES = {
     'transformer': (dict(idm_type='transformer'), ('coupling.', 'idm_ablation.') + HEAD_PARTS),
     'adapter_only': (dict(idm_type='none'), HEAD_PARTS),
     'bc_scratch': (dict(backbone='scratch', idm_type='none'), ('image_encoder.',) + HEAD_PARTS),
-    'context_regression': (dict(context_regression_weight=1.0), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
+    'context_skip': (dict(head_context_skip=True), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
+    'regression_head': (dict(head_type='regression'), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
 }
 
 

@@ -89,16 +89,18 @@ class DefiConfig:
     head_heads: int = 4
     sampling_steps: int = 10             # deterministic sampler steps for actions
     head_sampler: str = 'euler'          # 'euler' (1 eval/step, DDIM-like) | 'heun'
+    head_type: str = 'diffusion'         # 'diffusion' (EDM denoiser) | 'regression' (one decoder
+                                         # pass from learned queries, L1 loss, as ACT)
     action_sigma_data: float = 0.5
     action_sigma_min: float = 0.001
     action_sigma_max: float = 80.0
     vq_loss_weight: float = 1.0          # weight of GIDM's VQ loss during finetuning
     image_shift_px: int = 0              # finetuning augmentation: every view shifted by up to this
                                          # many pixels (edge-padded random crop, as in DrQ); 0 = off
-    context_regression_weight: float = 0.0  # finetuning: > 0 trains the head's context (what the
-                                         # image, latent actions and state say) by a direct MSE from
-                                         # its mean token to the chunk, with this weight, and stops
-                                         # the denoiser's gradient at the context
+    head_context_skip: bool = False      # a linear map from the mean context token straight to the
+                                         # chunk, added to the decoder's output: without it the decoder
+                                         # tends to settle on one chunk per task and state, whatever
+                                         # the image shows (benchmarks/results/policy_diagnosis.md)
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
@@ -170,8 +172,6 @@ class DefiConfig:
                 bad(name, f'must be empty or {dim} distinct names ({name[:-6]}_dim={dim})')
         if not 0 <= self.image_shift_px < self.image_size // 2:
             bad('image_shift_px', f'must be in [0, image_size/2={self.image_size // 2})')
-        if self.context_regression_weight < 0:
-            bad('context_regression_weight', 'must be >= 0')
         if not 0 <= self.n_action_steps <= self.horizon:
             bad('n_action_steps', f'must be in [0, horizon={self.horizon}]')
         if self.gfdm_warp_radius < 0:
@@ -193,6 +193,8 @@ class DefiConfig:
             bad('text_dim', "must be 384 with text_encoder='minilm'")
         if self.head_sampler not in ('euler', 'heun'):
             bad('head_sampler', "must be 'euler' or 'heun'")
+        if self.head_type not in ('diffusion', 'regression'):
+            bad('head_type', "must be 'diffusion' or 'regression'")
         if self.backbone == 'scratch' and self.idm_type != 'none':
             bad('idm_type', "backbone='scratch' predicts no future frames; use idm_type='none'")
 
