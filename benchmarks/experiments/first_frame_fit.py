@@ -5,12 +5,11 @@ alone. A from-scratch policy trains on 160 of those frames and is scored on them
 the share of the demonstrated dx's spread that its sampled first action explains, and the same for
 a direct linear readout of the head's context.
 
-    python benchmarks/experiments/first_frame_fit.py CACHE [--skip] [--head regression] [--steps N] [--seed S]
+    python benchmarks/experiments/first_frame_fit.py CACHE [--skip] [--steps N] [--seed S]
 
 CACHE: a cache with button-press-topdown demonstrations from the fixed start (defi-sim dataset).
 --skip: model.head_context_skip (a linear map from the mean context token to the chunk, added to
-the decoder's output). --head regression: model.head_type='regression' (ACT-like, L1). Whether a
-run escapes the plateau varies with the random stream: compare several --seed values. The context
+the decoder's output). Whether a run escapes the plateau varies with the random stream: compare several --seed values. The context
 readout in the table is a separate linear probe trained on the detached context: it only measures
 what the context holds.
 """
@@ -33,7 +32,6 @@ def main(argv=None) -> int:
     ap.add_argument('--skip', action='store_true', help='model.head_context_skip')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--steps', type=int, default=1200)
-    ap.add_argument('--head', default='diffusion', choices=('diffusion', 'regression'), help='model.head_type')
     args = ap.parse_args(argv)
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)
@@ -52,8 +50,7 @@ def main(argv=None) -> int:
     action = torch.stack([torch.from_numpy(np.asarray(cache.array(e, 'action')[1:11])) for e in eps])
     n_train = int(len(eps) * 0.8)
     cfg = preset('tiny', backbone='scratch', idm_type='none', state_dim=state.shape[1], text_encoder='hash',
-                 text_dim=32, vf_queries_per_frame=16, head_context_skip=args.skip,
-                 head_type=args.head)
+                 text_dim=32, vf_queries_per_frame=16, head_context_skip=args.skip)
     policy = DefiPolicy(cfg)
     policy.set_normalization(cache.stats)
     probe = torch.nn.Linear(cfg.head_dim, 1)          # what the context holds, whatever trains it
@@ -77,8 +74,7 @@ def main(argv=None) -> int:
         return (float(1 - (y - sampled_n).var() / y.var()), float(1 - (y - read).var() / y.var()))
 
     train_rows, test_rows = torch.arange(n_train), torch.arange(n_train, len(eps))
-    print(f'{len(eps)} episodes ({n_train} train), head_context_skip={args.skip}, head_type={args.head}, '
-          f'seed={args.seed}')
+    print(f'{len(eps)} episodes ({n_train} train), head_context_skip={args.skip}, seed={args.seed}')
     print('| step | sampled dx explained (train / held-out) | context readout (train / held-out) |')
     print('|---:|---|---|')
     t0 = time.time()

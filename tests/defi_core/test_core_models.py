@@ -155,47 +155,23 @@ def test_video_former_and_action_head_shapes():
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize('head_type', ['diffusion', 'regression'])
-def test_context_skip_adds_a_linear_map_of_the_mean_context(head_type):
+def test_context_skip_adds_a_linear_map_of_the_mean_context():
     """head_context_skip: the decoder's output plus a linear map of the mean context token, so the
     chunk moves with the context even where the decoder's output does not."""
     torch.manual_seed(0)
-    head = ActionHead(tiny_cfg(head_context_skip=True, head_type=head_type), None)
-    assert ActionHead(tiny_cfg(head_type=head_type), None).context_skip is None       # off by default
+    head = ActionHead(tiny_cfg(head_context_skip=True), None)
+    assert ActionHead(tiny_cfg(), None).context_skip is None          # off by default
     ctx = torch.randn(2, 5, head.cfg.head_dim)
     with torch.no_grad():
         head.action_out.weight.zero_()
         head.action_out.bias.zero_()
     skip = head.context_skip(ctx.mean(1)).view(2, head.cfg.horizon, head.cfg.action_dim)
-    if head_type == 'regression':
-        torch.testing.assert_close(head.sample(ctx), skip)
-    else:
-        x, sigma = torch.randn(2, head.cfg.horizon, head.cfg.action_dim), torch.full((2,), 3.0)
-        c_skip, c_out, _, _ = edm_scalings(sigma, head.cfg.action_sigma_data)
-        torch.testing.assert_close(head.denoise(x, sigma, ctx), c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1) * skip)
+    x, sigma = torch.randn(2, head.cfg.horizon, head.cfg.action_dim), torch.full((2,), 3.0)
+    c_skip, c_out, _, _ = edm_scalings(sigma, head.cfg.action_sigma_data)
+    torch.testing.assert_close(head.denoise(x, sigma, ctx), c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1) * skip)
     loss, _ = head.loss(ctx, torch.rand(2, head.cfg.horizon, head.cfg.action_dim))
     loss.backward()
     assert head.context_skip.weight.grad.abs().sum() > 0
-
-
-def test_regression_head_fits_a_chunk_and_ignores_padding():
-    """head_type='regression': sample() is the one decoder pass (no noise: the same context gives the
-    same chunk), the L1 loss fits a target, and padded steps carry no loss."""
-    torch.manual_seed(0)
-    head = ActionHead(tiny_cfg(head_type='regression'), None)
-    ctx = torch.randn(2, 5, head.cfg.head_dim)
-    actions = torch.rand(2, head.cfg.horizon, head.cfg.action_dim) * 2 - 1
-    torch.testing.assert_close(head.sample(ctx, generator=torch.Generator().manual_seed(1)),
-                               head.sample(ctx, generator=torch.Generator().manual_seed(2)))
-    before, after, _ = _overfit(lambda: head.loss(ctx, actions), head.parameters(), steps=150)
-    assert after < 0.3 * before, (before, after)
-    pad = torch.zeros(2, head.cfg.horizon, dtype=torch.bool)
-    pad[:, 5:] = True
-    wild = actions.clone()
-    wild[:, 5:] = 100.0                                   # padded rows: any value, same loss
-    torch.testing.assert_close(head.loss(ctx, actions, pad)[0], head.loss(ctx, wild, pad)[0])
-    with pytest.raises(ValueError, match='head_type'):
-        tiny_cfg(head_type='flow')
 
 
 def _overfit(module_loss, params, steps=40, lr=2e-3, eval_loss=None):

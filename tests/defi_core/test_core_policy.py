@@ -21,7 +21,6 @@ CASES = {
     'adapter_only': (dict(idm_type='none'), HEAD_PARTS),
     'bc_scratch': (dict(backbone='scratch', idm_type='none'), ('image_encoder.',) + HEAD_PARTS),
     'context_skip': (dict(head_context_skip=True), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
-    'regression_head': (dict(head_type='regression'), ('coupling.',) + GIDM_POLICY_PARTS + HEAD_PARTS),
 }
 
 

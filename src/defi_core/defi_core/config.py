@@ -89,8 +89,6 @@ class DefiConfig:
     head_heads: int = 4
     sampling_steps: int = 10             # deterministic sampler steps for actions
     head_sampler: str = 'euler'          # 'euler' (1 eval/step, DDIM-like) | 'heun'
-    head_type: str = 'diffusion'         # 'diffusion' (EDM denoiser) | 'regression' (one decoder
-                                         # pass from learned queries, L1 loss, as ACT)
     action_sigma_data: float = 0.5
     action_sigma_min: float = 0.001
     action_sigma_max: float = 80.0
@@ -98,9 +96,9 @@ class DefiConfig:
     image_shift_px: int = 0              # finetuning augmentation: every view shifted by up to this
                                          # many pixels (edge-padded random crop, as in DrQ); 0 = off
     head_context_skip: bool = False      # a linear map from the mean context token straight to the
-                                         # chunk, added to the decoder's output: without it the decoder
-                                         # tends to settle on one chunk per task and state, whatever
-                                         # the image shows (benchmarks/results/policy_diagnosis.md)
+                                         # chunk, added to the decoder's output: the decoder alone is
+                                         # slow to let the image move the chunk (policy_diagnosis.md
+                                         # rows 31-33; off: the shipped checkpoint has none)
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning
@@ -193,8 +191,6 @@ class DefiConfig:
             bad('text_dim', "must be 384 with text_encoder='minilm'")
         if self.head_sampler not in ('euler', 'heun'):
             bad('head_sampler', "must be 'euler' or 'heun'")
-        if self.head_type not in ('diffusion', 'regression'):
-            bad('head_type', "must be 'diffusion' or 'regression'")
         if self.backbone == 'scratch' and self.idm_type != 'none':
             bad('idm_type', "backbone='scratch' predicts no future frames; use idm_type='none'")
 

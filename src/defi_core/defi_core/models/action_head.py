@@ -1,5 +1,4 @@
-"""Action head: EDM diffusion transformer over the action chunk (or, head_type='regression', one
-deterministic decoder pass with an L1 loss, as ACT).
+"""Action head: EDM diffusion transformer over the action chunk.
 
 Encoder: self-attention over the context tokens (language token, Video Former tokens, latent-action
 tokens, optional state token), each with a type embedding. Decoder: the noisy chunk (one token per
@@ -29,10 +28,9 @@ class ActionHead(nn.Module):
         self.type_emb = nn.Parameter(torch.randn(4, d) * 0.02)  # lang, video, latent action, state
         self.encoder = nn.ModuleList(Block(d, cfg.head_heads) for _ in range(cfg.head_encoder_depth))
         self.enc_norm = nn.LayerNorm(d)
-        diffusion = cfg.head_type == 'diffusion'
-        self.action_in = nn.Linear(cfg.action_dim, d) if diffusion else None    # the noisy chunk's input
+        self.action_in = nn.Linear(cfg.action_dim, d)
         self.action_pos = nn.Parameter(torch.randn(cfg.horizon, d) * 0.02)
-        self.sigma_emb = FourierEmbedding(d) if diffusion else None
+        self.sigma_emb = FourierEmbedding(d)
         self.decoder = nn.ModuleList(Block(d, cfg.head_heads, cross=True) for _ in range(cfg.head_decoder_depth))
         self.dec_norm = nn.LayerNorm(d)
         self.action_out = nn.Linear(d, cfg.action_dim)
@@ -62,33 +60,18 @@ class ActionHead(nn.Module):
     def denoise(self, x, sigma, context, context_kv=None):
         """EDM denoiser on normalized actions x [B, H, A]."""
         cfg = self.cfg
-        if self.action_in is None or self.sigma_emb is None:
-            raise RuntimeError("denoise() needs head_type='diffusion'")
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, cfg.action_sigma_data)
         h = self.action_in(x * c_in.view(-1, 1, 1)) + self.action_pos + self.sigma_emb(c_noise)[:, None]
         for i, blk in enumerate(self.decoder):
             h = blk(h, context, context_kv=None if context_kv is None else context_kv[i])
-        f = self._output(h, context)
-        return c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1) * f
-
-    def _output(self, h, context):
-        out = self.action_out(self.dec_norm(h))
+        f = self.action_out(self.dec_norm(h))
         if self.context_skip is not None:
-            out = out + self.context_skip(context.mean(1)).view_as(out)
-        return out
-
-    def regress(self, context, context_kv=None):
-        """head_type='regression': the chunk [B, H, A] from one decoder pass over learned queries."""
-        h = self.action_pos.expand(context.shape[0], -1, -1)
-        for i, blk in enumerate(self.decoder):
-            h = blk(h, context, context_kv=None if context_kv is None else context_kv[i])
-        return self._output(h, context)
+            f = f + self.context_skip(context.mean(1)).view_as(f)
+        return c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1) * f
 
     @torch.no_grad()
     def sample(self, context, steps: int | None = None, generator=None, noise=None):
         cfg = self.cfg
-        if cfg.head_type == 'regression':
-            return self.regress(context)
         b = context.shape[0]
         sigmas = karras_sigmas(steps or cfg.sampling_steps, cfg.action_sigma_min, cfg.action_sigma_max,
                                device=context.device)
@@ -104,14 +87,6 @@ class ActionHead(nn.Module):
         sigma: optional fixed noise level (float) for evaluation curves."""
         cfg = self.cfg
         b = actions.shape[0]
-        keep = (~is_pad.bool()).float() if is_pad is not None else actions.new_ones(actions.shape[:2])
-
-        def masked_mean(err):                                  # [B, H] -> [B]
-            return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
-        if cfg.head_type == 'regression':
-            pred = self.regress(context)
-            per_sample = masked_mean(((pred - actions) ** 2).mean(-1))
-            return masked_mean((pred - actions).abs().mean(-1)).mean(), per_sample.mean().detach()
         if sigma is None:
             sigma = (torch.randn(b, device=actions.device) * cfg.p_std + cfg.p_mean).exp()
         else:
@@ -119,6 +94,10 @@ class ActionHead(nn.Module):
         noisy = actions + torch.randn_like(actions) * sigma.view(-1, 1, 1)
         denoised = self.denoise(noisy, sigma, context)
         weight = (sigma ** 2 + cfg.action_sigma_data ** 2) / (sigma * cfg.action_sigma_data) ** 2
+        keep = (~is_pad.bool()).float() if is_pad is not None else actions.new_ones(actions.shape[:2])
+
+        def masked_mean(err):                                  # [B, H] -> [B]
+            return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
         per_sample = masked_mean(((denoised - actions) ** 2).mean(-1))
         loss = (weight * per_sample).mean()
         return loss, per_sample.mean().detach()
