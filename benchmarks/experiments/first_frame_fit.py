@@ -9,9 +9,9 @@ a direct linear readout of the head's context.
 
 CACHE: a cache with button-press-topdown demonstrations from the fixed start (defi-sim dataset).
 --skip: model.head_context_skip (a linear map from the mean context token to the chunk, added to
-the decoder's output). Whether a run escapes the plateau varies with the random stream: compare several --seed values. The context
-readout in the table is a separate linear probe trained on the detached context: it only measures
-what the context holds.
+the decoder's output). Whether a run escapes the plateau varies with the random stream: compare
+several --seed values. The context readout in the table is a separate linear probe trained on the
+detached context: it only measures what the context holds.
 """
 from __future__ import annotations
 
