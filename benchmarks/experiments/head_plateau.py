@@ -27,10 +27,10 @@ import torch
 TASK = 'press the button from above'
 
 
-def run(make_policy, cfg, normalizer, lang, feats, state, chunk, target: str, seed: int, steps: int) -> float:
+def run(make_policy, normalizer, lang, feats, state, chunk, target: str, seed: int, steps: int) -> float:
     torch.manual_seed(seed)
-    p = make_policy(cfg)
-    head, vf = p.action_head, p.video_former
+    p = make_policy()
+    head, vf, cfg = p.action_head, p.video_former, p.cfg
     out = torch.nn.Linear(cfg.head_dim, cfg.horizon * cfg.action_dim)     # the skip (chunk_skip only)
     params = list(vf.parameters()) + list(head.parameters()) + list(out.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -95,14 +95,14 @@ def main(argv=None) -> int:
         feats = shipped.forward_features(images, lang)
     cfg = dataclasses.replace(shipped.cfg, idm_type='none')
 
-    def make(cfg_):
-        return DefiPolicy(cfg_, text_encoder=shipped.text_encoder)
+    def make():
+        return DefiPolicy(cfg, text_encoder=shipped.text_encoder)
 
     print(f'{len(eps)} episodes (160 train), features {tuple(feats.shape)} from {args.checkpoint}, {args.steps} steps')
     print('| target | ' + ' | '.join(f'seed {s}' for s in args.seeds) + ' |')
     print('|---|' + '---:|' * len(args.seeds))
     for target in ('first', 'chunk', 'chunk_skip'):
-        row = [run(make, cfg, shipped.normalizer, lang, feats, state, chunk, target, s, args.steps) for s in args.seeds]
+        row = [run(make, shipped.normalizer, lang, feats, state, chunk, target, s, args.steps) for s in args.seeds]
         print(f'| {target} | ' + ' | '.join(f'{v:.2f}' for v in row) + ' |', flush=True)
     return 0
 

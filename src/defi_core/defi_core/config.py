@@ -98,7 +98,7 @@ class DefiConfig:
     head_context_skip: bool = False      # a linear map from the mean context token straight to the
                                          # chunk, added to the decoder's output: the decoder alone is
                                          # slow to let the image move the chunk (policy_diagnosis.md
-                                         # rows 31-33; off: the shipped checkpoint has none)
+                                         # rows 31-34; the shipped checkpoint has it)
     # --- ablation switches -------------------------------------------------------------------
     backbone: str = 'gfdm'               # 'gfdm' | 'scratch' (BC baseline: image encoder, no video model)
     gfdm_pretrained: bool = True         # False: GFDM starts random and is trained during finetuning

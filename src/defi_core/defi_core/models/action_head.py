@@ -94,10 +94,10 @@ class ActionHead(nn.Module):
         noisy = actions + torch.randn_like(actions) * sigma.view(-1, 1, 1)
         denoised = self.denoise(noisy, sigma, context)
         weight = (sigma ** 2 + cfg.action_sigma_data ** 2) / (sigma * cfg.action_sigma_data) ** 2
-        keep = (~is_pad.bool()).float() if is_pad is not None else actions.new_ones(actions.shape[:2])
-
-        def masked_mean(err):                                  # [B, H] -> [B]
-            return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
-        per_sample = masked_mean(((denoised - actions) ** 2).mean(-1))
-        loss = (weight * per_sample).mean()
-        return loss, per_sample.mean().detach()
+        err = ((denoised - actions) ** 2).mean(-1)               # [B, H]
+        if is_pad is not None:
+            keep = (~is_pad.bool()).float()
+            per_sample = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
+        else:
+            per_sample = err.mean(1)
+        return (weight * per_sample).mean(), per_sample.mean().detach()
