@@ -1,6 +1,9 @@
 """Closed-loop evaluation: in-process episodes, chunk execution semantics, and one short episode
 through ROS 2 (sim node + defi_bringup as real processes) with a tiny random-weight checkpoint."""
 import json
+import os
+import random
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from defi_sim.evaluate import (
     sim_cameras_for,
     write_pictures,
 )
+from defi_sim.evaluate_ros import private_domain_id
 from defi_sim.evaluation import load_results, summarize, write_results
 
 torch.set_num_threads(2)
@@ -159,8 +163,11 @@ def test_closed_loop_through_ros(tiny_checkpoint, tmp_path, capsys):
     rc = eval_cli.main(['--checkpoint', str(tiny_checkpoint), '--tasks', 'reach', '--episodes', '1',
                         '--mode', 'ros', '--max-steps', '16', '--out', str(out), '--pictures',
                         'picture_steps=[0]'])
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    # its own graph: the eval's bringup commands an arm, which nothing on this domain may hear
+    domain = int(re.search(r'ROS_DOMAIN_ID (\d+)', printed.out).group(1))
+    assert domain != int(os.environ['ROS_DOMAIN_ID'])
     results = json.loads((out / 'results.json').read_text())
     load_results(out / 'results.json')
     assert results['mode'] == 'ros'
@@ -232,3 +239,10 @@ def test_policy_state_takes_the_checkpoint_joints_by_name():
     np.testing.assert_array_equal(_policy_state(SimpleNamespace(cfg=cfg), sim), [1.0, 2.0])
     with pytest.raises(ValueError, match=r"state joints \['z'\] are not joints of the sim"):
         _policy_state(SimpleNamespace(cfg=cfg.replace(state_names=('a', 'z'))), sim)
+
+
+def test_the_ros_eval_never_takes_the_callers_domain():
+    rng = random.Random(0)
+    draws = {private_domain_id('150', rng) for _ in range(2000)}
+    assert 150 not in draws and len(draws) == 99 and min(draws) == 101 and max(draws) == 200
+    assert 101 <= private_domain_id(None, rng) <= 200 and 101 <= private_domain_id('x', rng) <= 200

@@ -57,6 +57,16 @@ def _write_stack(work: Path, checkpoint, config: EvalConfig, chunk_dt: float, th
     return write_sim_stack(work, checkpoint, sim=sim, bringup=bringup, cameras=config.cameras)
 
 
+def private_domain_id(current: str | None, rng=None) -> int:
+    """A ROS domain for the evaluation's own graph, never the caller's: its bringup commands an
+    arm, and a robot driver (or another test's nodes) on the caller's domain would hear it or
+    answer its goals. 101-200 is outside the 0-100 that tests and most setups use."""
+    import random
+    rng = rng or random.Random()
+    taken = int(current) if current and current.strip().isdigit() else None
+    return rng.choice([d for d in range(101, 201) if d != taken])
+
+
 BRINGUP_FAILED_MARK = 'not started:'   # defi_bringup logs this when a node's configure failed
 
 
@@ -242,7 +252,8 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='defi_eval_ros_'))
     work.mkdir(parents=True, exist_ok=True)
     stack = _write_stack(work, checkpoint.resolve(), config, chunk_dt, threads)
-    env = dict(os.environ)
+    domain = private_domain_id(os.environ.get('ROS_DOMAIN_ID'))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     env.setdefault('MUJOCO_GL', 'egl')
     env['OMP_NUM_THREADS'] = str(max(1, threads))
 
@@ -251,7 +262,7 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
 
     procs = []
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, domain_id=domain)
     orch = None
     episodes, pictures = [], {}
     recording = {'on': False}
@@ -278,7 +289,8 @@ def run_ros(checkpoint, config: EvalConfig, threads: int = 2, episode_timeout_s:
         except RuntimeError as err:
             tails = '\n'.join(f'--- {p.name} ({p.log_path}):\n{p.tail()}' for p in procs)
             raise RuntimeError(f'{err}\n{tails}') from None
-        log(f'ROS 2 graph ready in {time.monotonic() - t0:.1f} s (logs in {work})')
+        log(f'ROS 2 graph ready in {time.monotonic() - t0:.1f} s on its own ROS_DOMAIN_ID {domain} '
+            f'(logs in {work})')
         for task in config.tasks:
             instruction = instruction_for(task)
             for e in range(config.episodes):
