@@ -117,6 +117,55 @@ def test_chunk_mode_forwards_each_chunk_once_clipped_with_its_own_stamp(ros_cont
     assert stop.horizon == 1 and not any(stop.data)
 
 
+def test_a_goal_starts_from_the_chunk_answered_while_disabled(ros_context, spin):
+    """A lockstep sim's first observation of an episode is answered before the goal enables the
+    executor: on enable that chunk runs at once, but only if computed for the instruction heard
+    since the last disable."""
+    from std_msgs.msg import Bool, String
+
+    from defi_msgs.msg import ActionChunk
+    from defi_policy.chunk_executor_node import ChunkExecutorNode
+    from defi_ros import qos
+    topic = 'defi/action_command'
+    node = ChunkExecutorNode(context=ros_context, parameter_overrides=params(
+        output_mode='chunk', control_rate_hz=20.0, max_age_s=2.0, start_enabled=False))
+    probe = Probe(ros_context)
+    probe.listen(ActionChunk, topic, qos.RELIABLE)
+    chunks = probe.publisher(ActionChunk, 'defi/action_chunk', qos.RELIABLE)
+    enable = probe.publisher(Bool, 'defi/enable', qos.ENABLE)
+    instruction = probe.publisher(String, 'instruction', qos.INSTRUCTION)
+    assert node.start()
+    ex = make_executor(ros_context, [node, probe.node])
+    try:
+        spin(ex, lambda: chunks.get_subscription_count() > 0 and enable.get_subscription_count() > 0
+             and instruction.get_subscription_count() > 0, timeout_s=3)
+        instruction.publish(String(data='task'))
+        assert spin(ex, lambda: node._instruction == 'task', timeout_s=3)
+        first = chunk_msg(probe, np.full((10, 4), 0.25), ['x', 'y', 'z', 'g'], dt=0.025)
+        chunks.publish(first)
+        assert spin(ex, lambda: node._held is not None, timeout_s=3)
+        assert probe.msgs(topic) == []                 # disabled: nothing commanded
+        enable.publish(Bool(data=True))
+        assert spin(ex, lambda: probe.msgs(topic), timeout_s=3)
+        out = probe.msgs(topic)[0]
+        assert out.header.stamp == first.header.stamp and out.horizon == 10
+
+        # a new goal that says another task: the chunk answered for the old one never runs
+        enable.publish(Bool(data=False))
+        assert spin(ex, lambda: not node.enabled, timeout_s=3)
+        n = len(probe.msgs(topic))                      # + the stop
+        chunks.publish(chunk_msg(probe, np.full((10, 4), 0.5), ['x', 'y', 'z', 'g'], dt=0.025))
+        assert spin(ex, lambda: node._held is not None, timeout_s=3)
+        enable.publish(Bool(data=True))                 # before the goal's instruction arrives
+        assert spin(ex, lambda: node.enabled, timeout_s=3)
+        instruction.publish(String(data='other task'))
+        assert spin(ex, lambda: node._instruction == 'other task', timeout_s=3)
+        spin(ex, lambda: False, timeout_s=0.3)
+        assert [m for m in probe.msgs(topic)[n:] if any(m.data)] == []
+    finally:
+        shutdown(ex, [node, probe.node])
+
+
 def test_stale_and_malformed_chunks_are_rejected(ros_context, spin):
     from defi_msgs.msg import ActionChunk
     topic = 'defi/action_command'

@@ -29,7 +29,7 @@ from typing import List
 
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import TwistStamped
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from defi_core.runtime.chunk_schedule import Chunk, ChunkSchedule, parse_limits
@@ -57,6 +57,8 @@ class ChunkExecutorParams(CommonParams):
                                   'JointTrajectory out (output_mode joint_trajectory)')
     command_topic: str = param('defi/action_command', 'ActionChunk out (output_mode passthrough, chunk)')
     enable_topic: str = param('defi/enable', 'std_msgs/Bool: false stops and holds, true resumes')
+    instruction_topic: str = param('instruction', 'std_msgs/String: the current instruction; on enable, the '
+                                   'newest chunk computed for it while disabled runs at once (if fresh)')
     twist_frame_id: str = param('base_link', 'header.frame_id of the twists')
     twist_axes: List[str] = param(['x', 'y', 'z', 'roll', 'pitch', 'yaw'],
                                   "action component (name or index; '' = zero) for linear x, y, z and "
@@ -97,6 +99,10 @@ class ChunkExecutorNode(DefiNode):
         self._last_names: tuple = ()
         self._twist_axes = None
         self._forwarded: Chunk | None = None      # output_mode chunk: the chunk last sent whole
+        # the newest valid chunk received while disabled, and the instruction last heard: a goal's
+        # first observation was usually answered before the goal enabled this node
+        self._held: Chunk | None = None
+        self._instruction: str | None = None
 
     def setup(self) -> None:
         p = self.params
@@ -119,6 +125,8 @@ class ChunkExecutorNode(DefiNode):
         self.create_subscription(ActionChunk, p.chunk_topic, self.on_chunk, qos.RELIABLE,
                                  callback_group=self.callbacks)
         self.create_subscription(Bool, p.enable_topic, self.on_enable, qos.ENABLE,
+                                 callback_group=self.callbacks)
+        self.create_subscription(String, p.instruction_topic, self.on_instruction, qos.INSTRUCTION,
                                  callback_group=self.callbacks)
         self.create_timer(1.0 / p.control_rate_hz, self.tick, callback_group=self.timer_group)
 
@@ -157,15 +165,45 @@ class ChunkExecutorNode(DefiNode):
             self.schedule.reset()
             self.latch.reset()
             self._jumps.reset()
+            self._held = None
             if self.active:
                 self.stop(StopReason.CLOCK_JUMP, force=True)
 
     # ---- inputs -------------------------------------------------------------------------------
     def on_enable(self, msg: Bool) -> None:
         with self._lock:
-            self.enabled = bool(msg.data)
+            was_enabled, self.enabled = self.enabled, bool(msg.data)
             if not self.enabled:
+                # what was heard belongs to the goal that ended: the next one must say its own
+                self._held, self._instruction = None, None
                 self.stop(StopReason.CANCELED, force=True)
+            elif not was_enabled:
+                self._start_from_held()
+
+    def on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self._instruction = msg.data.strip()
+            if self.enabled:
+                self._start_from_held()
+
+    def _start_from_held(self) -> None:
+        """Run the newest chunk received while disabled, once enabled, if it was computed for the
+        instruction heard since (a goal's first observation is usually answered before the goal
+        enables this node: a lockstep sim would step it with a stale command, a robot would wait a
+        camera period) and is still fresh; else wait for the next chunk, as always."""
+        held = self._held
+        if held is None or self._instruction is None or held.instruction != self._instruction:
+            return
+        self._held = None
+        now = self.now_ns()
+        if (not self.active or self.schedule.chunk is not None or self.latch.is_stale(now, held.stamp_ns)
+                or held.stamp_ns - now > self.params.max_future_s * 1e9):
+            return
+        if self.schedule.offer(held):
+            self.chunks_received += 1
+            self._last_dim, self._last_names = held.action_dim, held.names
+            if self.params.output_mode == 'chunk':
+                self._run_step(now)
 
     def on_chunk(self, msg: ActionChunk) -> None:
         if not self.active:
@@ -186,6 +224,8 @@ class ChunkExecutorNode(DefiNode):
             return
         with self._lock:
             if not self.enabled:
+                if all_finite(chunk.actions) and not self.latch.is_stale(now, chunk.stamp_ns):
+                    self._held = chunk
                 return
             if not all_finite(chunk.actions):
                 self.report_error('non_finite_outputs', f'{topic}: chunk has non-finite values; stop')
@@ -205,6 +245,7 @@ class ChunkExecutorNode(DefiNode):
                                       'of the clock (it went back)')
                 accepted = self.schedule.offer(chunk)
             if accepted:
+                self._held = None
                 self.chunks_received += 1
                 self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
                 self._last_dim, self._last_names = chunk.action_dim, chunk.names
