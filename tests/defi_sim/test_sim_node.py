@@ -149,6 +149,18 @@ def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin)
         np.testing.assert_allclose(poses_a, poses_b, atol=1e-9)
         assert stamps_b[0] > stamps_a[-1]  # the sim clock never goes back across resets
 
+        # an episode's first observation comes a whole observation period after the last one, as
+        # from a camera (the forward predictor drops frames closer than 0.75 periods) ...
+        last_ns = sim.obs_stamp_ns
+        future = probe.reset_client.call_async(Trigger.Request())
+        assert spin(executor, future.done, 10.0) and future.result().success
+        assert sim.obs_stamp_ns - last_ns == 25_000_000
+        # ... and a late chunk answering the previous episode is no command for this one
+        before = sim.commands_before_episode
+        probe.send_chunk([1, 1, 1, 1], stamps_b[-1])
+        assert spin(executor, lambda: sim.commands_before_episode > before, 3.0)
+        assert not np.any(sim.command)
+
         # a command stamped before the current observation does not step the sim ...
         n, timeouts = len(probe.states), sim.lockstep_timeouts
         probe.send_chunk([0, 0, 0, 0], ns(probe.states[-1].header.stamp) - 1)
@@ -162,7 +174,7 @@ def test_lockstep_steps_only_on_commands_and_is_deterministic(ros_context, spin)
         sim.set_parameters([Parameter('task', value='reach')])
         future = probe.reset_client.call_async(Trigger.Request())
         assert spin(executor, future.done, 10.0)
-        assert future.result().message == 'reach-v3 seed 12'
+        assert future.result().message == 'reach-v3 seed 13'
         assert spin(executor, lambda: probe.instructions
                     and probe.instructions[-1].data == 'reach the goal position', 5.0)
         result = sim.set_parameters([Parameter('task', value='fly-away')])[0]

@@ -169,6 +169,8 @@ class SimNode(Node):
         self.paused = False           # an orchestrator (recording) can freeze the episode
         self.camera_frames = {c.name: camera_frame(c.name) for c in self.sim.cameras}
         self.obs_stamp_ns = 0
+        self.episode_start_ns = 0      # stamp of this episode's first observation
+        self.commands_before_episode = 0
         self._awaiting_command = False
         self._awaiting_since = 0.0
         self._steps_since_obs = 0
@@ -237,8 +239,14 @@ class SimNode(Node):
         self.paused = False
         self._steps_since_obs = 0
         # A fresh stamp for the new episode's first observation, so a late command answering the
-        # previous episode's last observation cannot step the new one.
+        # previous episode's last observation cannot step the new one. In lockstep it comes one
+        # observation period after the last observation, as from a camera: a consumer that keeps
+        # to the camera rate (the forward predictor drops frames < 0.75 periods apart) takes it.
         self.total_steps += 1
+        if self.config.mode == 'lockstep':
+            self.total_steps = max(self.total_steps,
+                                   self.obs_stamp_ns // self.dt_ns + self.config.steps_per_observation)
+        self.episode_start_ns = self._now_ns()
         self._publish_instruction()
         self._publish_observation()
         return f'{self.sim.task} seed {self.sim.seed}'
@@ -272,6 +280,10 @@ class SimNode(Node):
         self._accept_command(action[None], _stamp_ns(msg.header.stamp), 'servo_node/delta_twist_cmds', 0)
 
     def _accept_command(self, rows: np.ndarray, stamp_ns: int, topic: str, dt_ns: int) -> None:
+        if 0 < stamp_ns < self.episode_start_ns:
+            # it answers an observation of the previous episode: never a command for this one
+            self.commands_before_episode += 1
+            return
         if not np.all(np.isfinite(rows)):
             self.get_logger().error(f'{topic}: non-finite command {rows.tolist()}; ignored',
                                     throttle_duration_sec=5.0)
