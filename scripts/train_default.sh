@@ -18,9 +18,9 @@ TASKS=(reach-v3 button-press-topdown-v3 drawer-open-v3 door-open-v3 window-open-
 VIDEO_TASKS=(reach-v3 button-press-topdown-v3 drawer-close-v3 handle-press-v3 window-open-v3
              plate-slide-v3 drawer-open-v3 door-open-v3 push-v3 faucet-open-v3)
 GFDM_STEPS="${GFDM_STEPS:-6000}" GIDM_STEPS="${GIDM_STEPS:-2000}"
-FT_STEPS="${FT_STEPS:-24000}" FT_MORE_STEPS="${FT_MORE_STEPS:-48000}"
-# 200 demonstrations per task; 24000 finetune steps, then continued to 48000
-# (benchmarks/results/policy_diagnosis.md rows 11, 13, 19, 34, 35)
+FT_STEPS="${FT_STEPS:-24000}" FT_CONTINUE_STEPS="${FT_CONTINUE_STEPS:-48000 72000}"
+# 200 demonstrations per task; 24000 finetune steps, then continued to 48000 and to 72000
+# (benchmarks/results/policy_diagnosis.md rows 11, 13, 19, 34-37)
 DEMOS="${DEMOS:-200}"
 mkdir -p "$W/cache" "$W/runs"
 t0=$SECONDS
@@ -51,17 +51,25 @@ stage_time gidm
 # skip, and no image shifts: random shifts turn the frozen GFDM's features into noise and the policy
 # learns to ignore its camera (benchmarks/results/policy_diagnosis.md, session 9; 80% unseen
 # against 60% with them). The checkpoint's action sampler starts from zero noise
-# (action_noise_scale=0, an inference setting: 94.5% unseen against 88% when it samples; session 10)
+# (action_noise_scale=0, an inference setting: 94.5% unseen against 88% at 48000 steps when it
+# samples; session 10)
 [[ -f "$W/runs/finetune/final/config.json" ]] || \
   defi-train finetune --config config/train_finetune.yaml --out "$W/runs/finetune" \
     --gfdm "$W/runs/gfdm/final" --gidm "$W/runs/gidm/final" data.cache="$W/cache/labelled" \
     steps="$FT_STEPS" optim.lr=1e-3 model.vf_queries_per_frame=16 model.image_shift_px=0 \
     model.head_context_skip=true model.action_noise_scale=0 "${COMMON[@]}"
-# ... then continued from its step-24000 checkpoint to 48000 steps: the cosine schedule, stretched
-# to the new length, restarts at its midpoint (lr 5e-4). The shipped checkpoint was made this way
-# (80% unseen at 24000 steps, 92.5% after; one 48000-step schedule from the start is not measured).
-[[ -d "$W/runs/finetune/checkpoints/$(printf 'step_%08d' "$FT_MORE_STEPS")" ]] || \
-  defi-train finetune --resume "$W/runs/finetune" steps="$FT_MORE_STEPS"
+# ... then continued to 48000 and to 72000 steps (`--resume`): each time the cosine schedule,
+# stretched to the new length, restarts part-way (lr about 5.5e-4, then 3.3e-4). The shipped
+# checkpoint was made this way: 80% unseen at 24000 steps (sampling its start noise), 94.5% at
+# 48000 and 98% at 72000 (zero start noise); one 72000-step schedule from the start is not measured.
+last_step() {   # the run's latest checkpoint (older ones are pruned)
+  local n
+  n=$(ls "$W/runs/finetune/checkpoints" 2>/dev/null | sed -n 's/^step_0*\([0-9]\)/\1/p' | sort -n | tail -1) || true
+  echo "${n:-0}"
+}
+for steps in $FT_CONTINUE_STEPS; do
+  (( $(last_step) >= steps )) || defi-train finetune --resume "$W/runs/finetune" steps="$steps"
+done
 stage_time finetune
 
 # 3. Ship it, with its evaluation on unseen initial states (seeds from 1000).
