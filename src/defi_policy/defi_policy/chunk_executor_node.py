@@ -200,10 +200,7 @@ class ChunkExecutorNode(DefiNode):
                 or held.stamp_ns - now > self.params.max_future_s * 1e9):
             return
         if self.schedule.offer(held):
-            self.chunks_received += 1
-            self._last_dim, self._last_names = held.action_dim, held.names
-            if self.params.output_mode == 'chunk':
-                self._run_step(now)
+            self._took(held, now)
 
     def on_chunk(self, msg: ActionChunk) -> None:
         if not self.active:
@@ -245,12 +242,16 @@ class ChunkExecutorNode(DefiNode):
                                       'of the clock (it went back)')
                 accepted = self.schedule.offer(chunk)
             if accepted:
-                self._held = None
-                self.chunks_received += 1
-                self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
-                self._last_dim, self._last_names = chunk.action_dim, chunk.names
-                if self.params.output_mode == 'chunk':
-                    self._run_step(now)      # forwarded now: the receiver may be waiting for it
+                self._took(chunk, now)
+
+    def _took(self, chunk: Chunk, now: int) -> None:
+        """Bookkeeping for a chunk the schedule accepted; output_mode chunk forwards it now."""
+        self._held = None
+        self.chunks_received += 1
+        self.last_latency_ms = (now - chunk.stamp_ns) * 1e-6
+        self._last_dim, self._last_names = chunk.action_dim, chunk.names
+        if self.params.output_mode == 'chunk':
+            self._run_step(now)      # forwarded now: the receiver may be waiting for it
 
     def _check_output(self, chunk) -> None:
         """Refuse a chunk the configured output cannot take (ValueError naming field and parameter)."""

@@ -242,10 +242,7 @@ class SimNode(Node):
         # previous episode's last observation cannot step the new one. In lockstep it comes one
         # observation period after the last observation, as from a camera: a consumer that keeps
         # to the camera rate (the forward predictor drops frames < 0.75 periods apart) takes it.
-        self.total_steps += 1
-        if self.config.mode == 'lockstep':
-            self.total_steps = max(self.total_steps,
-                                   self.obs_stamp_ns // self.dt_ns + self.config.steps_per_observation)
+        self.total_steps += self.config.steps_per_observation if self.config.mode == 'lockstep' else 1
         self.episode_start_ns = self._now_ns()
         self._publish_instruction()
         self._publish_observation()

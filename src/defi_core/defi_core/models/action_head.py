@@ -75,9 +75,7 @@ class ActionHead(nn.Module):
         b = context.shape[0]
         sigmas = karras_sigmas(steps or cfg.sampling_steps, cfg.action_sigma_min, cfg.action_sigma_max,
                                device=context.device)
-        if noise is None and cfg.action_noise_scale == 0:
-            noise = torch.zeros(b, cfg.horizon, cfg.action_dim, device=context.device)
-        elif noise is None:
+        if noise is None:
             noise = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator).to(context.device)
             noise = noise * cfg.action_noise_scale
         x = noise * sigmas[0]
